@@ -46,10 +46,8 @@ def decide(contenders: Sequence[Contender], slots: int, my_key: bytes) -> Decisi
     if slots < 1:
         raise ValueError("slots must be >= 1")
     ranked = order(contenders)
-    for rank, c in enumerate(ranked):
-        if c.key == my_key:
-            break
-    else:
+    rank = next((i for i, c in enumerate(ranked) if c.key == my_key), -1)
+    if rank < 0:
         return Decision(present=False, rank=-1, holder=False)
     if rank < slots:
         return Decision(present=True, rank=rank, holder=True)

@@ -1,0 +1,319 @@
+"""The `conch` command line. Parsing and output only: the work is in the primitive modules.
+
+Heavy modules (grpc, the generated stubs) are imported only by commands that talk to etcd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from conch import __version__
+from conch.errors import EXIT_NO_HOLDER, EXIT_UNAVAILABLE, ConchError, UsageError
+from conch.options import Globals
+
+log = logging.getLogger("conch")
+
+GLOBAL_PARAMS = ("endpoints", "prefix", "cacert", "cert", "key", "user", "dial_timeout",
+                 "verbose", "quiet")  # fmt: skip
+
+
+def _global_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The global options, accepted before and after the subcommand name."""
+    opts = [
+        click.option("--endpoints", envvar=["CONCH_ENDPOINTS", "ETCDCTL_ENDPOINTS"],
+                     metavar="URL[,URL...]",
+                     help="etcd endpoints of one cluster [default: http://127.0.0.1:2379]"),
+        click.option("--prefix", envvar="CONCH_PREFIX", default="/conch/", show_default=True,
+                     help="key namespace"),
+        click.option("--cacert", envvar="CONCH_CACERT", metavar="FILE", help="TLS CA bundle"),
+        click.option("--cert", envvar="CONCH_CERT", metavar="FILE", help="TLS client cert"),
+        click.option("--key", envvar="CONCH_KEY", metavar="FILE", help="TLS client key"),
+        click.option("--user", envvar="CONCH_USER", metavar="NAME[:PASSWORD]",
+                     help="etcd user (password also from CONCH_PASSWORD)"),
+        click.option("--dial-timeout", envvar="CONCH_DIAL_TIMEOUT", default="5s",
+                     show_default=True, metavar="D"),
+        click.option("-v", "--verbose", is_flag=True, help="debug logging and tracebacks"),
+        click.option("-q", "--quiet", is_flag=True, help="only errors on stderr"),
+    ]  # fmt: skip
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _globals(ctx: click.Context, params: dict[str, Any]) -> tuple[Globals, bool, bool]:
+    """Merge global options: given after the subcommand > given before it > env > default."""
+    merged: dict[str, Any] = {}
+    parent = ctx.parent
+    pparams = parent.params if parent is not None else {}
+    for name in GLOBAL_PARAMS:
+        src = ctx.get_parameter_source(name)
+        psrc = parent.get_parameter_source(name) if parent is not None else None
+        if src is click.core.ParameterSource.COMMANDLINE or psrc is None:
+            merged[name] = params.get(name)
+        elif psrc is click.core.ParameterSource.COMMANDLINE:
+            merged[name] = pparams.get(name)
+        else:
+            merged[name] = params.get(name)
+    verbose = bool(merged.pop("verbose"))
+    quiet = bool(merged.pop("quiet"))
+    _setup_logging(verbose, quiet)
+    g = Globals(password=os.environ.get("CONCH_PASSWORD"), **merged)
+    return g, verbose, quiet
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("conch: %(message)s"))
+    root = logging.getLogger("conch")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    _state["verbose"] = verbose
+
+
+_state: dict[str, bool] = {"verbose": False}
+
+CMD_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CMD_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="conch", message="%(prog)s %(version)s")
+@_global_options
+def cli(**_: Any) -> None:
+    """Coordination primitives for shell users over etcd: elect, sema, dev.
+
+    Global options may come before or after the command name; each also from an
+    environment variable (CONCH_ENDPOINTS, else ETCDCTL_ENDPOINTS; CONCH_PREFIX; ...).
+    """
+
+
+def _connect(g: Globals) -> Any:
+    from conch.client import Client, EtcdAuthError, EtcdError
+    from conch.options import client_config
+
+    cfg = client_config(g)
+    client = Client(cfg)
+    try:
+        client.connect()
+    except EtcdAuthError as e:
+        raise ConchError(f"etcd refused the credentials: {e}", EXIT_UNAVAILABLE) from None
+    except EtcdError as e:
+        raise ConchError(
+            f"etcd unreachable at {','.join(cfg.endpoints)}: {e}", EXIT_UNAVAILABLE
+        ) from None
+    return client
+
+
+def _print_who(doc: dict[str, Any], as_json: bool, quiet: bool, what: str) -> int:
+    holders = doc["holders"]
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        for h in holders:
+            cmd = " ".join(h["cmd"])
+            click.echo(
+                f"rev={h['rev']} lease={h['lease']} host={h['host']} pid={h['pid']} "
+                f"started={h['started']} cmd={cmd}"
+            )
+        if doc["max"] > 1 or doc["waiting"]:
+            click.echo(f"holders={len(holders)}/{doc['max']} waiting={doc['waiting']}")
+        if not holders and not quiet:
+            click.echo(f"conch: {what} has no holder", err=True)
+    return 0 if holders else EXIT_NO_HOLDER
+
+
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--ttl", default="10s", show_default=True, metavar="D",
+                     help="lease TTL"),
+        click.option("--kill-after", default="10s", show_default=True, metavar="D",
+                     help="SIGKILL the child group this long after SIGTERM"),
+        click.option("--nonblock", is_flag=True, help="exit 75 unless acquired at once"),
+        click.option("--timeout", metavar="D", help="exit 75 if not acquired within D"),
+        click.option("--who", is_flag=True, help="print the holders; exit 1 if none"),
+        click.option("--json", "as_json", is_flag=True, help="with --who: one JSON document"),
+    ]  # fmt: skip
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _common_run(
+    kind: str,
+    name: str,
+    cmd: tuple[str, ...],
+    g: Globals,
+    quiet: bool,
+    *,
+    ttl: str,
+    kill_after: str,
+    nonblock: bool,
+    timeout: str | None,
+    who: bool,
+    as_json: bool,
+    restart: bool = False,
+    slots: int = 1,
+) -> int:
+    from conch import keys, options
+
+    try:
+        keys.validate_name(name)
+    except ValueError as e:
+        raise UsageError(f"invalid NAME {name!r}: {e}") from None
+    prefix = options.prefix(g)
+    argv = list(cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if who:
+        if argv:
+            raise UsageError("--who takes no command")
+        options.client_config(g)  # validate before connecting
+        client = _connect(g)
+        try:
+            if kind == "elect":
+                from conch import elect
+
+                doc = elect.who(client, prefix, name)
+            else:
+                from conch import sema
+
+                doc = sema.who(client, prefix, name, slots)
+        finally:
+            client.close()
+        what = f"elect {name!r}" if kind == "elect" else f"sema {name!r} --max {slots}"
+        return _print_who(doc, as_json, quiet, what)
+    if as_json:
+        raise UsageError("--json goes with --who")
+    if not argv:
+        raise UsageError(f"missing command: conch {kind} NAME [OPTIONS] -- CMD [ARG...]")
+    run_opts: dict[str, Any] = {
+        "ttl": options.duration(ttl, "--ttl", minimum=1.0),
+        "kill_after": options.duration(kill_after, "--kill-after"),
+        "nonblock": nonblock,
+        "timeout": None if timeout is None else options.duration(timeout, "--timeout"),
+        "restart": restart,
+    }
+    cfg = options.client_config(g)  # every check before the first byte goes to etcd
+    run_opts["secret"] = cfg.password
+
+    from conch import core
+
+    sig = core.Signals()
+    with sig.installed():
+        client = _connect(g)
+        try:
+            if kind == "elect":
+                from conch import elect
+
+                spec = elect.spec(prefix, name, argv, **run_opts)
+            else:
+                from conch import sema
+
+                spec = sema.spec(prefix, name, slots, argv, **run_opts)
+            return core.run(client, spec, sig)
+        finally:
+            client.close()
+
+
+@cli.command(context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@_run_options
+@click.option("--restart", is_flag=True, help="keep the office; rerun the child when it exits")
+@_global_options
+@click.pass_context
+def elect(ctx: click.Context, name: str, cmd: tuple[str, ...], **kw: Any) -> int:
+    """Run CMD on exactly one host: the elected leader.
+
+    \b
+    conch elect NAME [--ttl 10s] [--kill-after 10s] [--restart] [--nonblock] [--timeout D]
+    -- CMD [ARG...]
+
+    conch elect NAME --who [--json]
+    """
+    g, _v, quiet = _globals(ctx, kw)
+    run_kw = {k: kw[k] for k in ("ttl", "kill_after", "nonblock", "timeout", "who", "as_json")}
+    return _common_run("elect", name, cmd, g, quiet, restart=kw["restart"], **run_kw)
+
+
+@cli.command(context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@click.option("--max", "slots", type=click.IntRange(min=1), required=True, metavar="N",
+              help="number of slots")  # fmt: skip
+@_run_options
+@_global_options
+@click.pass_context
+def sema(ctx: click.Context, name: str, cmd: tuple[str, ...], slots: int, **kw: Any) -> int:
+    """Run CMD while holding one of N slots, FIFO.
+
+    \b
+    conch sema NAME --max N [--ttl 10s] [--kill-after 10s] [--nonblock] [--timeout D]
+    -- CMD [ARG...]
+
+    conch sema NAME --max N --who [--json]
+    """
+    g, _v, quiet = _globals(ctx, kw)
+    run_kw = {k: kw[k] for k in ("ttl", "kill_after", "nonblock", "timeout", "who", "as_json")}
+    return _common_run("sema", name, cmd, g, quiet, slots=slots, **run_kw)
+
+
+@cli.command(context_settings=CMD_SETTINGS)
+@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65533), default=2379, show_default=True)
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@_global_options
+@click.pass_context
+def dev(ctx: click.Context, nodes: str, port: int, cmd: tuple[str, ...], **kw: Any) -> int:
+    """Start a throwaway local etcd (1 node, or 3 members on loopback).
+
+    Prints the `export CONCH_ENDPOINTS=...` line and removes its data on exit. With
+    `-- CMD`, runs CMD against it (CONCH_ENDPOINTS set), then stops and exits with CMD's code.
+    """
+    _g, _v, quiet = _globals(ctx, kw)
+    from conch import dev as devmod
+
+    argv = list(cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    return devmod.main(int(nodes), port, argv, quiet=quiet)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"conch: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    try:
+        rv = cli.main(args=argv, prog_name="conch", standalone_mode=False)
+    except click.exceptions.NoSuchOption as e:
+        _fail(e.format_message(), 2)
+    except click.UsageError as e:
+        _fail(e.format_message().splitlines()[0] if e.format_message() else "usage error", 2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except ConchError as e:
+        if _state["verbose"]:
+            log.exception("details")
+        _fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:
+        if _state["verbose"]:
+            raise
+        _fail(f"internal error: {e!r} (run with -v for details)", 1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The ranked-contention recipe shared by elect (N=1) and sema (N): enqueue, wait for a slot,
+promote, withdraw. One key per contender, attached to its session's lease.
+
+    enqueue   txn: if create_revision(my_key) == 0 then put(my_key, record, lease)
+                   else get(my_key)           -- a retried enqueue finds its own key
+    wait      list the directory; decide() (conch.ranking); holder -> done; otherwise watch
+              exactly what decide() names, from the listed revision + 1, and re-list on any
+              event (or on compaction / cancel of the watch)
+    promote   txn: if create_revision(my_key) == my_rev then put(my_key, record') -- re-checks
+              that the key still exists after waiting (etcd #11456) and wakes the successor
+    withdraw  txn: if create_revision(my_key) == my_rev then delete(my_key)   (guarded delete)
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from conch.client import Client, Compare, EtcdError, KeyValue, Op, WatchCompacted
+from conch.holder import HolderRecord
+from conch.keys import member_key, prefix_range_end
+from conch.ranking import Contender, Decision, decide
+
+log = logging.getLogger("conch.contend")
+
+POLL = 0.1  # how often a blocked wait looks at stop/deadline/session (seconds)
+
+
+class Outcome(enum.Enum):
+    HELD = "held"
+    TIMEOUT = "timeout"  # --nonblock not acquired at once, or --timeout passed
+    LOST = "lost"  # my key or lease is gone
+    STOPPED = "stopped"  # asked to stop (a signal)
+
+
+@dataclass(frozen=True)
+class Listing:
+    members: list[KeyValue]  # in rank order
+    revision: int
+
+
+def list_members(client: Client, directory: bytes) -> Listing:
+    kvs, rev = client.get_range(directory, prefix_range_end(directory))
+    return Listing(sorted(kvs, key=lambda kv: (kv.create_revision, kv.key)), rev)
+
+
+class Contention:
+    def __init__(
+        self,
+        client: Client,
+        directory: bytes,
+        slots: int,
+        lease_id: int,
+        record: HolderRecord,
+        *,
+        lost: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.directory = directory
+        self.range_end = prefix_range_end(directory)
+        self.slots = slots
+        self.lease_id = lease_id
+        self.key = member_key(directory, lease_id)
+        self.record = record
+        self.rev = 0
+        self.promoted_rev = 0  # revision of the promotion put
+        self.rank = -1
+        self._lost = lost
+        self._clock = clock
+        self.wakeups = 0  # watch events that made this contender re-rank (measured by tests)
+
+    def enqueue(self) -> int:
+        res = self.client.txn(
+            [Compare(self.key, "create", "==", 0)],
+            [Op("put", self.key, self.record.to_json(), lease=self.lease_id)],
+            [Op("get", self.key)],
+        )
+        if res.succeeded:
+            self.rev = res.revision
+        else:
+            got = res.responses[0] or []
+            if not got:  # vanished between compare and get: cannot happen in one txn
+                raise EtcdError("own key vanished during enqueue")
+            self.rev = got[0].create_revision
+        log.debug("enqueued %r at revision %d", self.key, self.rev)
+        return self.rev
+
+    def decide(self) -> tuple[Decision, int]:
+        listing = list_members(self.client, self.directory)
+        d = decide(
+            [Contender(kv.key, kv.create_revision) for kv in listing.members], self.slots, self.key
+        )
+        self.rank = d.rank
+        return d, listing.revision
+
+    def wait(
+        self,
+        *,
+        nonblock: bool = False,
+        deadline: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> Outcome:
+        """Wait until this contender holds a slot (HELD), or not (see Outcome)."""
+        while True:
+            if stop is not None and stop.is_set():
+                return Outcome.STOPPED
+            if self._lost():
+                return Outcome.LOST
+            d, rev = self.decide()
+            if not d.present:
+                return Outcome.LOST
+            if d.holder:
+                return Outcome.HELD
+            if nonblock or (deadline is not None and self._clock() >= deadline):
+                return Outcome.TIMEOUT
+            if d.watch_dir_deletes:
+                w = self.client.watch(
+                    self.directory, self.range_end, start_revision=rev + 1, no_put=True
+                )
+            else:
+                assert d.watch_key is not None
+                w = self.client.watch(d.watch_key, start_revision=rev + 1)
+            try:
+                while True:
+                    if stop is not None and stop.is_set():
+                        return Outcome.STOPPED
+                    if self._lost():
+                        return Outcome.LOST
+                    timeout = POLL
+                    if deadline is not None:
+                        left = deadline - self._clock()
+                        if left <= 0:
+                            return Outcome.TIMEOUT
+                        timeout = min(timeout, left)
+                    try:
+                        events = w.get(timeout)
+                    except WatchCompacted:
+                        break  # re-list
+                    if events:
+                        self.wakeups += 1
+                        break
+            finally:
+                w.cancel()
+
+    def promote(self) -> bool:
+        """The promotion put: False if my key is gone (then I must not run anything)."""
+        self.record = self.record.restamped(time.time())
+        res = self.client.txn(
+            [Compare(self.key, "create", "==", self.rev)],
+            [Op("put", self.key, self.record.to_json(), lease=self.lease_id)],
+        )
+        if res.succeeded:
+            self.promoted_rev = res.revision
+        return res.succeeded
+
+    def still_mine(self) -> bool:
+        kv, _ = self.client.get(self.key)
+        return kv is not None and kv.create_revision == self.rev
+
+    def withdraw(self) -> None:
+        """Guarded delete of my key (a no-op if it is gone or was re-created by someone else)."""
+        if not self.rev:
+            return
+        self.client.txn(
+            [Compare(self.key, "create", "==", self.rev)],
+            [Op("delete", self.key)],
+        )
+
+
+def snapshot(client: Client, directory: bytes, slots: int, name: str) -> dict[str, object]:
+    """The `--who --json` document: holders in rank order and the number waiting."""
+    listing = list_members(client, directory)
+    holders = []
+    for kv in listing.members[:slots]:
+        rec = HolderRecord.from_json(kv.value)
+        holders.append(
+            {
+                "rev": kv.create_revision,
+                "lease": format(kv.lease, "x"),
+                "host": rec.host,
+                "pid": rec.pid,
+                "started": rec.started,
+                "cmd": rec.cmd,
+            }
+        )
+    return {
+        "name": name,
+        "max": slots,
+        "holders": holders,
+        "waiting": max(0, len(listing.members) - slots),
+    }

@@ -1,0 +1,326 @@
+"""The core shared by every primitive: acquire a slot, run the child under supervision, release.
+
+    session (lease + local deadline)  ->  contention (enqueue / wait / promote)
+        ->  child in its own process group + external watchdog + watch on the holder key
+        ->  child exits: resign at once | lease lost: kill group, exit 70 | signal S: forward,
+            kill group after --kill-after, resign, exit 128+S
+
+`--restart` (elect) keeps the office across child exits with exponential backoff, and on
+lease loss campaigns again instead of exiting 70.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from conch import __version__
+from conch.backoff import Backoff
+from conch.client import Client, EtcdError, WatchCompacted
+from conch.contend import Contention, Outcome
+from conch.errors import (
+    EXIT_LEASE_LOST,
+    EXIT_NOT_ACQUIRED,
+    EXIT_UNAVAILABLE,
+    ConchError,
+    child_exit_code,
+    signal_exit_code,
+)
+from conch.holder import HolderRecord, redact, rfc3339
+from conch.session import Session
+
+log = logging.getLogger("conch")
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TICK = 0.05  # main-loop poll interval while a child runs
+
+
+@dataclass
+class RunSpec:
+    kind: str  # "elect" | "sema"
+    name: str
+    directory: bytes
+    slots: int
+    cmd: list[str]
+    ttl: float = 10.0
+    kill_after: float = 10.0
+    nonblock: bool = False
+    timeout: float | None = None
+    restart: bool = False
+    secret: str | None = None  # the etcd password: redacted from the holder record
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Signals:
+    """Catches SIGINT/SIGTERM/SIGHUP for the lifetime of a run; the first one wins."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.event = threading.Event()
+        self.wake = threading.Event()  # set on any signal; also used by loss listeners
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+        self.event.set()
+        self.wake.set()
+
+    @contextmanager
+    def installed(self) -> Iterator[Signals]:
+        for s in FORWARDED_SIGNALS:
+            self._old[s] = signal.signal(s, self._handler)
+        try:
+            yield self
+        finally:
+            for s, h in self._old.items():
+                signal.signal(s, h)  # type: ignore[arg-type]
+
+
+def _record(spec: RunSpec) -> HolderRecord:
+    return HolderRecord(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=rfc3339(time.time()),
+        cmd=redact(spec.cmd, spec.secret),
+        version=__version__,
+    )
+
+
+class KeyWatch:
+    """Watches the holder's own key; its deletion means the slot is gone (lease loss)."""
+
+    def __init__(self, client: Client, c: Contention, session: Session, start_rev: int) -> None:
+        self.client, self.c, self.session = client, c, session
+        self.start_rev = start_rev
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="holder-key-watch", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        rev = self.start_rev
+        while not self._stop.is_set() and not self.session.lost.is_set():
+            try:
+                w = self.client.watch(self.c.key, start_revision=rev, no_put=True)
+            except EtcdError as e:
+                log.debug("holder-key watch: %s; retrying", e)
+                self._stop.wait(0.5)
+                continue
+            try:
+                while not self._stop.is_set():
+                    try:
+                        events = w.get(0.2)
+                    except WatchCompacted:
+                        if not self.c.still_mine():
+                            self.session.mark_lost("holder key was deleted")
+                            return
+                        _, rev = self.client.get(self.c.key)
+                        rev += 1
+                        break
+                    if events:
+                        self.session.mark_lost("holder key was deleted")
+                        return
+            except EtcdError as e:
+                log.debug("holder-key watch broke: %s; re-checking", e)
+                try:
+                    if not self.c.still_mine():
+                        self.session.mark_lost("holder key was deleted")
+                        return
+                except EtcdError:
+                    pass  # the keepalive deadline decides
+                self._stop.wait(0.5)
+            finally:
+                w.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=2.0)
+
+
+@dataclass
+class HoldResult:
+    how: str  # "exited" | "lost" | "signal"
+    code: int  # exit code conch should use
+    ran_for: float = 0.0
+    reason: str = ""
+
+
+def hold(
+    client: Client, session: Session, c: Contention, spec: RunSpec, sig: Signals, rev: int
+) -> HoldResult:
+    """Run the child while the slot is ours. Returns how it ended; the group is dead on return."""
+    from conch.supervisor import Child
+    from conch.watchdog import Watchdog
+
+    env = dict(os.environ)
+    env.update(
+        CONCH_NAME=spec.name,
+        CONCH_REV=str(c.rev),
+        CONCH_LEASE=format(session.lease_id, "x"),
+        CONCH_TTL=str(session.granted_ttl),
+        **spec.extra_env,
+    )
+    kw = KeyWatch(client, c, session, rev + 1)
+    unhook = session.on_lost(lambda _r: sig.wake.set())
+    try:
+        if not session.is_trusted():
+            return HoldResult("lost", EXIT_LEASE_LOST, reason=session.loss_reason or "deadline")
+        started = time.monotonic()
+        child = Child.spawn(spec.cmd, env)
+        wd = Watchdog.start(child.pgid, spec.kill_after, session.deadline())
+        unrenew = session.on_renew(wd.update)
+        log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
+        try:
+            while True:
+                if sig.received is not None:
+                    s = sig.received
+                    child.terminate_group(spec.kill_after, sig=s)
+                    return HoldResult("signal", signal_exit_code(s), time.monotonic() - started)
+                if not session.is_trusted():
+                    reason = session.loss_reason or "lease could not be confirmed in time"
+                    log.warning("lease lost (%s); killing the child", reason)
+                    child.terminate_group(spec.kill_after)
+                    return HoldResult("lost", EXIT_LEASE_LOST, reason=reason)
+                rc = child.poll()
+                if rc is not None:
+                    ran = time.monotonic() - started
+                    child.reap_group(spec.kill_after)
+                    if not session.is_trusted():  # e.g. the watchdog killed it while we slept
+                        return HoldResult("lost", EXIT_LEASE_LOST, ran, session.loss_reason)
+                    return HoldResult("exited", child_exit_code(rc), ran)
+                sig.wake.wait(TICK)
+                sig.wake.clear()
+        finally:
+            unrenew()
+            wd.disarm()
+    finally:
+        unhook()
+        kw.stop()
+
+
+def _sleep(sig: Signals, seconds: float, session: Session | None = None) -> None:
+    end = time.monotonic() + seconds
+    while sig.received is None and (session is None or not session.lost.is_set()):
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        sig.wake.wait(min(left, 0.2))
+        sig.wake.clear()
+
+
+def run(client: Client, spec: RunSpec, sig: Signals) -> int:
+    """The whole life of one `conch elect|sema ... -- CMD`. Returns conch's exit code."""
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    backoff = Backoff()
+    campaign_backoff = Backoff(initial=0.5, maximum=5.0)
+    ran_once = False
+    while True:
+        if sig.received is not None:
+            return signal_exit_code(sig.received)
+        # -- campaign -------------------------------------------------------------------
+        session = Session(client, spec.ttl)
+        try:
+            session.open()
+        except EtcdError as e:
+            if spec.restart and ran_once:
+                log.warning("cannot open a lease (%s); retrying", e)
+                _sleep(sig, campaign_backoff.after_exit(0))
+                continue
+            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from e
+        c = Contention(
+            client,
+            spec.directory,
+            spec.slots,
+            session.lease_id,
+            _record(spec),
+            lost=session.lost.is_set,
+        )
+        unwake = session.on_lost(lambda _r: sig.wake.set())
+        try:
+            outcome, rev = _acquire(c, spec, sig, deadline)
+        except EtcdError as e:
+            unwake()
+            session.close()
+            if spec.restart and ran_once:
+                log.warning("etcd error while campaigning (%s); retrying", e)
+                _sleep(sig, campaign_backoff.after_exit(0))
+                continue
+            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from e
+        if outcome is not Outcome.HELD:
+            unwake()
+            _withdraw(c, session)
+            if outcome is Outcome.TIMEOUT:
+                return EXIT_NOT_ACQUIRED
+            if outcome is Outcome.STOPPED:
+                return signal_exit_code(sig.received or signal.SIGTERM)
+            log.info("lost the lease while waiting; queueing again")
+            continue  # LOST while waiting: campaign again with a fresh lease
+        campaign_backoff.reset()
+        # -- hold ---------------------------------------------------------------------------
+        while True:
+            res = hold(client, session, c, spec, sig, rev)
+            ran_once = True
+            if res.how == "signal":
+                unwake()
+                _withdraw(c, session)
+                return res.code
+            if res.how == "lost":
+                unwake()
+                session.close(revoke=True)
+                if not spec.restart:
+                    return EXIT_LEASE_LOST
+                log.warning("lease lost (%s); campaigning again", res.reason)
+                break
+            if not spec.restart:
+                unwake()
+                _withdraw(c, session)
+                return res.code
+            delay = backoff.after_exit(res.ran_for)
+            log.info("child exited with %d; restarting in %.0fs", res.code, delay)
+            _sleep(sig, delay, session)
+            if sig.received is not None:
+                unwake()
+                _withdraw(c, session)
+                return signal_exit_code(sig.received)
+            if not session.is_trusted():
+                unwake()
+                session.close(revoke=True)
+                break
+            try:
+                if not c.still_mine():
+                    session.mark_lost("holder key is gone")
+                    unwake()
+                    session.close(revoke=True)
+                    break
+                rev = client.get(c.key)[1]
+            except EtcdError as e:
+                log.debug("re-check before restart failed: %s", e)
+                continue  # hold() re-checks trust before spawning
+
+
+def _acquire(
+    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None
+) -> tuple[Outcome, int]:
+    c.enqueue()
+    outcome = c.wait(nonblock=spec.nonblock, deadline=deadline, stop=sig.event)
+    if outcome is not Outcome.HELD:
+        return outcome, 0
+    if not c.promote():  # my key vanished while I waited: never run on a stale view
+        return Outcome.LOST, 0
+    return Outcome.HELD, c.promoted_rev
+
+
+def _withdraw(c: Contention, session: Session) -> None:
+    """Resign: guarded delete of my key, then revoke the lease (best effort, bounded)."""
+    try:
+        c.withdraw()
+    except EtcdError as e:
+        log.debug("withdraw failed: %s (the lease revoke / expiry removes the key)", e)
+    session.close(revoke=True)
