@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -57,3 +58,104 @@ def conch_env(etcd: LocalCluster, prefix: str) -> dict[str, str]:
 def conch_cmd() -> list[str]:
     """argv prefix that runs the conch CLI of this checkout with this interpreter."""
     return [sys.executable, "-m", "conch"]
+
+
+# -- helpers shared by the integration tests (import with `from conftest import ...`) ---------
+def wait_for(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll pred() until it returns a truthy value (returned) or timeout (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_gone(pid: int) -> bool:
+    """True if no such process, or only a zombie is left."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+class Conch:
+    """Runs the conch CLI of this checkout as real processes against the session etcd."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.cmd, self.env = cmd, env
+        self.procs: list = []  # type: ignore[type-arg]
+
+    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        import subprocess
+
+        return subprocess.run(
+            [*self.cmd, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, *args: str, env: dict[str, str] | None = None, **kw):  # type: ignore[no-untyped-def]
+        import subprocess
+
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        p = subprocess.Popen([*self.cmd, *args], env={**self.env, **(env or {})}, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def who(self, *args: str) -> dict:  # type: ignore[type-arg]
+        import json
+
+        r = self.run(*args, "--who", "--json")
+        assert r.returncode in (0, 1), r.stderr
+        return json.loads(r.stdout)
+
+    def cleanup(self) -> None:
+        import signal
+
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+            with contextlib.suppress(Exception):
+                p.communicate(timeout=10)
+
+
+@pytest.fixture
+def conch(conch_cmd: list[str], conch_env: dict[str, str]) -> Iterator[Conch]:
+    c = Conch(conch_cmd, conch_env)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+def etcdctl(etcd: LocalCluster, etcdctl_bin: str):  # type: ignore[no-untyped-def]
+    """Run etcdctl against the session etcd: etcdctl('get', '--prefix', p) -> stdout."""
+    import subprocess
+
+    def run(*args: str, check: bool = True) -> str:
+        r = subprocess.run(
+            [etcdctl_bin, "--endpoints", etcd.endpoints_csv, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"etcdctl {args} failed: {r.stderr}")
+        return r.stdout
+
+    return run
