@@ -1,8 +1,7 @@
 """The only module that talks to etcd: a thin client over etcd's native gRPC API.
 
-INTERFACE STUB — being implemented. Everything else in conch uses only what is declared here.
-grpc and the generated stubs are imported lazily (inside Client.connect), so importing this
-module is cheap.
+Everything else in conch uses only what is declared here. grpc and the generated stubs
+(conch/_pb) are imported lazily, on first use, so importing this module is cheap.
 
 Design (docs/decisions/0001-etcd-client.md):
 * one grpc channel per endpoint; calls go to the current endpoint; on UNAVAILABLE /
@@ -11,13 +10,23 @@ Design (docs/decisions/0001-etcd-client.md):
 * every call carries metadata `hasleader: true` (require-leader), and the auth token if any.
 * auth: Authenticate on connect; on "invalid auth token" re-authenticate once and retry.
 * all operations conch issues are safe to retry (see the recipes), so retries are automatic.
+
+Timeouts: a unary call (and the creation of a watch) has an overall deadline, `timeout` or
+else `Client.call_timeout` (default max(dial_timeout, 5 s)); each attempt on one endpoint is
+bounded by `Client.attempt_timeout` (default 2.5 s, at most dial_timeout), after which the
+next endpoint is tried. When the overall deadline passes without an answer the call raises
+EtcdUnavailable. A password never appears in any message this module produces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class EtcdError(Exception):
@@ -102,53 +111,569 @@ class TxnResult:
     responses: list[list[KeyValue] | None]
 
 
+# ---------------------------------------------------------------------------------------
+# lazy imports and error classification
+# ---------------------------------------------------------------------------------------
+
+
+def _grpc() -> Any:
+    import grpc
+
+    return grpc
+
+
+def _pb() -> tuple[Any, Any]:
+    from conch._pb import rpc_pb2, rpc_pb2_grpc
+
+    return rpc_pb2, rpc_pb2_grpc
+
+
+# What to do after a failed RPC.
+_RETRY = "retry"  # transient: try the next endpoint until the deadline
+_REAUTH = "reauth"  # the token is stale: authenticate again, then retry
+_AUTH = "auth"  # refused: EtcdAuthError
+_FATAL = "fatal"  # anything else: EtcdError
+
+# etcd error texts (etcdserver/api/v3rpc/rpctypes) that mean "try again, maybe elsewhere".
+_TRANSIENT_TEXTS = (
+    "no leader",
+    "leader changed",
+    "not leader",
+    "request timed out",
+    "timed out due to leader failure",
+    "timed out due to connection lost",
+    "server stopped",
+    "too many requests",
+    "not capable",
+    "unhealthy cluster",
+    "raft: stopped",
+)
+_REAUTH_TEXTS = (
+    "invalid auth token",
+    "revision of auth store is old",
+    "user name is empty",
+)
+_AUTH_TEXTS = (
+    "authentication failed",
+    "permission denied",
+    "user name not found",
+    "role name not found",
+    "invalid auth management",
+)
+
+
+def _classify(err: BaseException, closed: bool = False) -> str:
+    grpc = _grpc()
+    if not isinstance(err, grpc.RpcError):
+        return _FATAL
+    code = err.code()
+    details = (err.details() or "").lower()
+    if any(t in details for t in _REAUTH_TEXTS) or code == grpc.StatusCode.UNAUTHENTICATED:
+        return _REAUTH
+    if code == grpc.StatusCode.PERMISSION_DENIED or any(t in details for t in _AUTH_TEXTS):
+        return _AUTH
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return _RETRY
+    if code == grpc.StatusCode.CANCELLED and not closed:
+        return _RETRY
+    if any(t in details for t in _TRANSIENT_TEXTS):
+        return _RETRY
+    return _FATAL
+
+
+def _describe(err: BaseException) -> str:
+    """One line describing err (never holds request contents, so never a password)."""
+    grpc = _grpc()
+    if isinstance(err, grpc.RpcError):
+        try:
+            return f"{err.details() or ''} ({err.code().name})".strip()
+        except Exception:  # pragma: no cover - a non-call RpcError
+            return type(err).__name__
+    return f"{type(err).__name__}: {err}"
+
+
+def _iter_queue(q: queue.Queue[Any]) -> Iterator[Any]:
+    """Request iterator for a bidi stream: yields what is put on q until None arrives."""
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        yield item
+
+
+def _kv(pb_kv: Any) -> KeyValue:
+    return KeyValue(
+        key=pb_kv.key,
+        value=pb_kv.value,
+        create_revision=pb_kv.create_revision,
+        mod_revision=pb_kv.mod_revision,
+        version=pb_kv.version,
+        lease=pb_kv.lease,
+    )
+
+
+def _target(endpoint: str, tls_files: bool) -> tuple[str, bool]:
+    """("host:port", secure) for an endpoint URL. Without a scheme, TLS iff TLS files given."""
+    ep = endpoint.strip()
+    if "://" in ep:
+        scheme, rest = ep.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise EtcdError(
+                f"unsupported endpoint scheme in {endpoint!r} (use http:// or https://)"
+            )
+        secure = scheme == "https"
+    else:
+        rest, secure = ep, tls_files
+    host = rest.split("/", 1)[0]
+    if not host:
+        raise EtcdError(f"bad endpoint {endpoint!r}")
+    return host, secure
+
+
+# channel options: quick reconnects (no member is quarantined for long) and keepalive pings
+# so that a dead connection under an open stream is noticed (etcd's default enforcement
+# policy rejects pings more often than every 5 s, and pings on a connection without calls).
+_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.enable_http_proxy", 0),
+)
+
+
+class _StreamEnded:
+    """Marker a stream reader queues when its stream ended (err None: closed cleanly)."""
+
+    def __init__(self, err: BaseException | None) -> None:
+        self.err = err
+
+
+_CANCELED = object()  # marker: the watch was canceled locally
+
+
+# ---------------------------------------------------------------------------------------
+# Watch
+# ---------------------------------------------------------------------------------------
+
+
 class Watch:
     """A watch on one key or range. Events are delivered in revision order; the client resumes
     the stream after a broken connection from the last delivered revision + 1 (on any
     endpoint), so no event is lost or repeated."""
 
+    def __init__(
+        self,
+        client: Client,
+        key: bytes,
+        range_end: bytes | None,
+        start_revision: int,
+        no_put: bool,
+        no_delete: bool,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._range_end = range_end or b""
+        self._no_put = no_put
+        self._no_delete = no_delete
+        # the revision to (re)start from: last delivered + 1 (0 until the first creation)
+        self._next_rev = start_revision
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._init_error: BaseException | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._reqq: queue.Queue[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"conch-watch {key!r}", daemon=True)
+        self.reconnects = 0  # how many times the stream was re-established (for tests/logs)
+
+    @property
+    def next_revision(self) -> int:
+        """The revision the watch would resume from (last delivered revision + 1)."""
+        return self._next_rev
+
+    # -- public ---------------------------------------------------------------------------
     def get(self, timeout: float | None) -> list[Event]:
         """Block until events arrive (return them) or timeout passes (return []).
         Raises WatchCompacted when the history needed is gone, EtcdError when canceled by
         the server for another reason and it cannot be re-established."""
-        raise NotImplementedError
+        if self._error is not None:
+            raise self._error
+        if self._stop.is_set() and self._events.empty():
+            return []
+        try:
+            item = (
+                self._events.get(timeout=timeout)
+                if timeout is None or timeout > 0
+                else (self._events.get_nowait())
+            )
+        except queue.Empty:
+            return []
+        events: list[Event] = []
+        while True:
+            if item is _CANCELED:
+                break
+            if isinstance(item, BaseException):
+                self._error = item
+                if events:
+                    break  # deliver what came before it; raise on the next call
+                raise item
+            events.extend(item)
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                break
+        return events
 
     def cancel(self) -> None:
-        raise NotImplementedError
+        self._stop.set()
+        with self._lock:
+            call, reqq = self._call, self._reqq
+        if reqq is not None:
+            reqq.put(None)
+        if call is not None:
+            call.cancel()
+        self._events.put(_CANCELED)
+        self._ready.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+        self._client._forget_watch(self)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    # -- internals ------------------------------------------------------------------------
+    def _start(self, timeout: float) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.cancel()
+            raise EtcdUnavailable(
+                f"etcd unavailable: no endpoint created the watch within {timeout:.1f}s "
+                f"({self._client._endpoint_list()})"
+            )
+        if self._init_error is not None:
+            self.cancel()
+            raise self._init_error
+
+    def _fail(self, err: BaseException) -> None:
+        """Terminal error: surfaces from get() (or from watch() before creation)."""
+        if not self._ready.is_set():
+            self._init_error = err
+            self._ready.set()
+        self._events.put(err)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a reader must never die silently
+            self._fail(EtcdError(f"watch reader failed: {type(e).__name__}: {e}"))
+
+    def _create_request(self, pb: Any) -> Any:
+        filters = []
+        if self._no_put:
+            filters.append(pb.WatchCreateRequest.NOPUT)
+        if self._no_delete:
+            filters.append(pb.WatchCreateRequest.NODELETE)
+        return pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(
+                key=self._key,
+                range_end=self._range_end,
+                start_revision=self._next_rev,
+                progress_notify=True,
+                filters=filters,
+            )
+        )
+
+    def _loop(self) -> None:
+        pb, _ = _pb()
+        client = self._client
+        failures = 0  # consecutive failed (re)connections
+        cancels = 0  # consecutive server cancellations of a creation
+        reauthed = False
+        last_err = ""
+        while not self._stop.is_set():
+            idx = client._current()
+            reqq: queue.Queue[Any] = queue.Queue()
+            reqq.put(self._create_request(pb))
+            try:
+                stub = client._stub(idx, "Watch")
+                call = stub.Watch(_iter_queue(reqq), metadata=client._metadata())
+            except EtcdError as e:
+                self._fail(e)
+                return
+            with self._lock:
+                self._call, self._reqq = call, reqq
+            if self._stop.is_set():
+                reqq.put(None)
+                call.cancel()
+                return
+            created = threading.Event()
+
+            def watchdog(call: Any = call, created: threading.Event = created) -> None:
+                if not created.is_set():
+                    call.cancel()
+
+            timer = threading.Timer(client.attempt_timeout, watchdog)
+            timer.daemon = True
+            timer.start()
+            err: BaseException | None = None
+            cancel_reason: str | None = None
+            try:
+                for resp in call:
+                    if resp.compact_revision > 0:
+                        self._fail(WatchCompacted(resp.compact_revision))
+                        return
+                    if resp.created:
+                        created.set()
+                        timer.cancel()
+                        if resp.canceled:
+                            cancel_reason = resp.cancel_reason or "canceled at creation"
+                            break
+                        if self._next_rev <= 0:
+                            self._next_rev = resp.header.revision + 1
+                        if failures or cancels:
+                            self.reconnects += 1
+                        failures = cancels = 0
+                        reauthed = False
+                        self._ready.set()
+                        continue
+                    if resp.canceled:
+                        cancel_reason = resp.cancel_reason or "canceled by the server"
+                        break
+                    if resp.events:
+                        self._deliver(resp.events)
+                    elif resp.header.revision >= self._next_rev:
+                        # progress notification: every event up to header.revision was sent
+                        self._next_rev = resp.header.revision + 1
+            except BaseException as e:
+                err = e
+            finally:
+                timer.cancel()
+                reqq.put(None)
+                call.cancel()
+                with self._lock:
+                    self._call, self._reqq = None, None
+            if self._stop.is_set():
+                return
+            if cancel_reason is not None:
+                last_err = f"watch canceled by the server: {cancel_reason}"
+                low = cancel_reason.lower()
+                if any(t in low for t in _REAUTH_TEXTS + _AUTH_TEXTS):
+                    # the stream's token may have expired: one fresh token, then give up
+                    if client._has_credentials() and not reauthed:
+                        reauthed = True
+                        if not self._reauth_or_fail():
+                            return
+                        continue
+                    self._fail(EtcdAuthError(last_err))
+                    return
+                cancels += 1
+                if cancels >= max(3, len(client._targets)):
+                    self._fail(EtcdError(last_err))
+                    return
+            elif err is not None:
+                if not isinstance(err, _grpc().RpcError):
+                    raise err
+                kind = _classify(err)
+                last_err = _describe(err)
+                if kind == _REAUTH and client._has_credentials() and not reauthed:
+                    reauthed = True
+                    if not self._reauth_or_fail():
+                        return
+                    continue
+                if kind in (_REAUTH, _AUTH):
+                    self._fail(EtcdAuthError(f"watch refused: {last_err}"))
+                    return
+                if kind == _FATAL:
+                    self._fail(EtcdError(f"watch failed: {last_err}"))
+                    return
+            # transient (or the server closed the stream): next endpoint, short backoff
+            client._advance(idx)
+            failures += 1
+            if failures % len(client._targets) == 0:
+                rounds = failures // len(client._targets)
+                self._stop.wait(min(0.05 * 2 ** min(rounds, 4), 0.5))
+
+    def _reauth_or_fail(self) -> bool:
+        """Fresh token for the next stream; False (after _fail) if etcd refused it."""
+        try:
+            self._client._reauthenticate(None, time.monotonic() + self._client.call_timeout)
+        except EtcdAuthError as e:
+            self._fail(e)
+            return False
+        except EtcdError:
+            pass  # unreachable now: the loop fails over and tries again
+        return True
+
+    def _deliver(self, pb_events: Any) -> None:
+        out: list[Event] = []
+        for ev in pb_events:
+            if ev.kv.mod_revision < self._next_rev:
+                continue  # already delivered before a reconnection
+            out.append(Event(type=EventType(ev.type), kv=_kv(ev.kv)))
+        if out:
+            self._next_rev = out[-1].kv.mod_revision + 1
+            self._events.put(out)
+
+
+# ---------------------------------------------------------------------------------------
+# lease keepalive stream
+# ---------------------------------------------------------------------------------------
+
+
+class _KeepAliveStream:
+    """One LeaseKeepAlive bidi stream: requests through a queue, responses (or the marker
+    _StreamEnded) into another, read by a daemon thread."""
+
+    def __init__(self, client: Client, idx: int) -> None:
+        self.idx = idx
+        self.reqq: queue.Queue[Any] = queue.Queue()
+        self.respq: queue.Queue[Any] = queue.Queue()
+        stub = client._stub(idx, "Lease")
+        self.call = stub.LeaseKeepAlive(_iter_queue(self.reqq), metadata=client._metadata())
+        self.thread = threading.Thread(target=self._read, name="conch-lease-keepalive", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for resp in self.call:
+                self.respq.put(resp)
+            self.respq.put(_StreamEnded(None))
+        except BaseException as e:  # never die silently: the waiter sees it
+            self.respq.put(_StreamEnded(e))
+
+    def close(self) -> None:
+        self.reqq.put(None)
+        self.call.cancel()
+
+
+# ---------------------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------------------
 
 
 class Client:
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        call_timeout: float | None = None,
+        attempt_timeout: float | None = None,
+    ) -> None:
         self.config = config
+        if not config.endpoints:
+            raise EtcdError("no etcd endpoints given")
+        tls_files = bool(config.cacert or config.cert or config.key)
+        self._targets: list[tuple[str, bool]] = [_target(ep, tls_files) for ep in config.endpoints]
+        # overall deadline of one call; per-attempt bound on one endpoint
+        self.call_timeout = (
+            call_timeout if call_timeout is not None else max(config.dial_timeout, 5.0)
+        )
+        self.attempt_timeout = (
+            attempt_timeout
+            if attempt_timeout is not None
+            else max(0.5, min(config.dial_timeout, 2.5))
+        )
+        self._lock = threading.RLock()
+        self._auth_lock = threading.Lock()
+        self._ka_lock = threading.Lock()
+        self._channels: dict[int, Any] = {}
+        self._stubs: dict[tuple[int, str], Any] = {}
+        self._creds: Any = None
+        self._idx = 0
+        self._token: str | None = None
+        self._connected = False
+        self._closed = False
+        self._ka: _KeepAliveStream | None = None
+        self._watches: set[Watch] = set()
+        self.auth_count = 0  # successful Authenticate calls (token refreshes after the first)
 
     # -- life cycle ---------------------------------------------------------------------
     def connect(self) -> None:
         """Reach some endpoint (and authenticate) within config.dial_timeout, or raise
         EtcdUnavailable / EtcdAuthError."""
-        raise NotImplementedError
+        deadline = time.monotonic() + self.config.dial_timeout
+        self._connect(deadline)
+
+    def _connect(self, deadline: float) -> None:
+        pb, _ = _pb()
+        self._unary("Maintenance", "Status", pb.StatusRequest(), deadline, use_token=False)
+        if self._has_credentials():
+            self._reauthenticate(None, deadline)
+        self._connected = True
 
     def close(self) -> None:
-        raise NotImplementedError
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            watches = list(self._watches)
+        for w in watches:
+            w.cancel()
+        ka = self._ka  # not under _ka_lock: a waiting lease_keepalive sees its stream end
+        if ka is not None:
+            ka.close()
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        for ch in channels:
+            ch.close()
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- KV -----------------------------------------------------------------------------
     def get(self, key: bytes, timeout: float | None = None) -> tuple[KeyValue | None, int]:
         """(kv or None, header revision)."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        resp = self._call("KV", "Range", pb.RangeRequest(key=key), timeout)
+        kv = _kv(resp.kvs[0]) if resp.kvs else None
+        return kv, resp.header.revision
 
     def get_range(
         self, key: bytes, range_end: bytes, timeout: float | None = None
     ) -> tuple[list[KeyValue], int]:
         """All keys in [key, range_end), sorted by key; and the header revision."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        req = pb.RangeRequest(
+            key=key,
+            range_end=range_end,
+            sort_order=pb.RangeRequest.ASCEND,
+            sort_target=pb.RangeRequest.KEY,
+        )
+        resp = self._call("KV", "Range", req, timeout)
+        return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
     def put(self, key: bytes, value: bytes, lease: int = 0, timeout: float | None = None) -> int:
         """Returns the header revision."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        resp = self._call("KV", "Put", pb.PutRequest(key=key, value=value, lease=lease), timeout)
+        return int(resp.header.revision)
 
-    def delete(self, key: bytes, range_end: bytes | None = None, timeout: float | None = None
-               ) -> int:
+    def delete(
+        self, key: bytes, range_end: bytes | None = None, timeout: float | None = None
+    ) -> int:
         """Returns the number of keys deleted."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        req = pb.DeleteRangeRequest(key=key, range_end=range_end or b"")
+        resp = self._call("KV", "DeleteRange", req, timeout)
+        return int(resp.deleted)
 
     def txn(
         self,
@@ -157,23 +682,122 @@ class Client:
         failure: Sequence[Op] = (),
         timeout: float | None = None,
     ) -> TxnResult:
-        raise NotImplementedError
+        pb, _ = _pb()
+        req = pb.TxnRequest(
+            compare=[_compare_pb(pb, c) for c in compare],
+            success=[_op_pb(pb, o) for o in success],
+            failure=[_op_pb(pb, o) for o in failure],
+        )
+        resp = self._call("KV", "Txn", req, timeout)
+        out: list[list[KeyValue] | None] = []
+        for r in resp.responses:
+            if r.WhichOneof("response") == "response_range":
+                out.append([_kv(kv) for kv in r.response_range.kvs])
+            else:
+                out.append(None)
+        return TxnResult(succeeded=resp.succeeded, revision=resp.header.revision, responses=out)
+
+    def compact(self, revision: int, timeout: float | None = None) -> None:
+        """Compact the key-value history up to revision (used by tests and maintenance)."""
+        pb, _ = _pb()
+        self._call("KV", "Compact", pb.CompactionRequest(revision=revision), timeout)
 
     # -- leases -------------------------------------------------------------------------
     def lease_grant(self, ttl: int, timeout: float | None = None) -> tuple[int, int]:
         """(lease id, granted TTL seconds)."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        resp = self._call("Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=ttl), timeout)
+        if resp.error:
+            raise EtcdError(f"lease grant failed: {resp.error}")
+        return int(resp.ID), int(resp.TTL)
 
     def lease_revoke(self, lease_id: int, timeout: float | None = None) -> None:
         """Revoke; a lease that is already gone is not an error."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        try:
+            self._call("Lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=lease_id), timeout)
+        except EtcdError as e:
+            if "lease not found" in str(e):
+                return
+            raise
+
+    def lease_time_to_live(self, lease_id: int, timeout: float | None = None) -> int:
+        """Remaining TTL in seconds of a lease (-1: it does not exist)."""
+        pb, _ = _pb()
+        req = pb.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = self._call("Lease", "LeaseTimeToLive", req, timeout)
+        return int(resp.TTL)
 
     def lease_keepalive(self, lease_id: int, timeout: float) -> int:
         """Send one keepalive on the client's persistent LeaseKeepAlive stream and wait for
         its answer: returns the TTL the server granted (<= 0: the lease no longer exists).
         Raises EtcdError/EtcdUnavailable when no answer came within timeout (the stream is
         then re-opened, on the next endpoint if needed, by the next call)."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        deadline = time.monotonic() + timeout
+        failures = 0
+        reauthed = False
+        last = "no answer"
+        with self._ka_lock:
+            while True:
+                self._check_open()
+                if time.monotonic() >= deadline:
+                    raise EtcdUnavailable(
+                        f"etcd unavailable: no keepalive answer for lease {lease_id:x} within "
+                        f"{timeout:.1f}s ({self._endpoint_list()}): {last}"
+                    )
+                self._ensure_session(deadline)
+                if self._ka is None:
+                    self._ka = _KeepAliveStream(self, self._current())
+                ka = self._ka
+                ka.reqq.put(pb.LeaseKeepAliveRequest(ID=lease_id))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        item = ka.respq.get(timeout=max(remaining, 0.0))
+                    except queue.Empty:
+                        # no answer in time: drop the stream; the next call opens a new one
+                        self._drop_keepalive(advance=True)
+                        raise EtcdUnavailable(
+                            f"etcd unavailable: no keepalive answer for lease {lease_id:x} "
+                            f"within {timeout:.1f}s ({self._target_name(ka.idx)})"
+                        ) from None
+                    if isinstance(item, _StreamEnded):
+                        break
+                    if lease_id == item.ID:
+                        return int(item.TTL)
+                    # an answer for another lease (cannot happen: one request at a time)
+                # the stream broke: classify, drop it, retry on the next endpoint
+                self._drop_keepalive(advance=True)
+                err = item.err
+                if err is None:
+                    last = "keepalive stream closed by the server"
+                elif not isinstance(err, _grpc().RpcError):
+                    raise EtcdError(f"lease keepalive reader failed: {_describe(err)}")
+                else:
+                    last = _describe(err)
+                    kind = _classify(err, closed=self._closed)
+                    if kind == _REAUTH and self._has_credentials() and not reauthed:
+                        reauthed = True
+                        self._reauthenticate(None, deadline)
+                        continue
+                    if kind in (_REAUTH, _AUTH):
+                        raise EtcdAuthError(f"lease keepalive refused: {last}")
+                    if kind == _FATAL:
+                        raise EtcdError(f"lease keepalive failed: {last}")
+                failures += 1
+                if failures % len(self._targets) == 0:
+                    rounds = failures // len(self._targets)
+                    pause = min(0.05 * 2 ** min(rounds, 4), 0.5, deadline - time.monotonic())
+                    if pause > 0:
+                        time.sleep(pause)
+
+    def _drop_keepalive(self, advance: bool) -> None:
+        ka, self._ka = self._ka, None
+        if ka is not None:
+            ka.close()
+            if advance:
+                self._advance(ka.idx)
 
     # -- watch --------------------------------------------------------------------------
     def watch(
@@ -183,11 +807,241 @@ class Client:
         start_revision: int = 0,
         no_put: bool = False,
         no_delete: bool = False,
+        timeout: float | None = None,
     ) -> Watch:
         """Start a watch; returns once the server confirmed it was created."""
-        raise NotImplementedError
+        self._check_open()
+        t = self.call_timeout if timeout is None else timeout
+        self._ensure_session(time.monotonic() + t)
+        w = Watch(self, key, range_end, start_revision, no_put, no_delete)
+        with self._lock:
+            self._watches.add(w)
+        w._start(t)
+        return w
+
+    def _forget_watch(self, w: Watch) -> None:
+        with self._lock:
+            self._watches.discard(w)
 
     # -- maintenance ----------------------------------------------------------------------
     def status(self, timeout: float | None = None) -> dict[str, int | str]:
         """Maintenance.Status of the current endpoint: version, leader, raft_term, revision."""
-        raise NotImplementedError
+        pb, _ = _pb()
+        resp, idx = self._call("Maintenance", "Status", pb.StatusRequest(), timeout, with_idx=True)
+        return {
+            "endpoint": self.config.endpoints[idx],
+            "version": resp.version,
+            "leader": int(resp.leader),
+            "member_id": int(resp.header.member_id),
+            "raft_term": int(resp.raftTerm),
+            "raft_index": int(resp.raftIndex),
+            "revision": int(resp.header.revision),
+            "db_size": int(resp.dbSize),
+        }
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EtcdError("etcd client is closed")
+
+    def _has_credentials(self) -> bool:
+        return bool(self.config.user)
+
+    def _endpoint_list(self) -> str:
+        return ", ".join(self.config.endpoints)
+
+    def _target_name(self, idx: int) -> str:
+        return self.config.endpoints[idx]
+
+    def _current(self) -> int:
+        with self._lock:
+            return self._idx
+
+    def _advance(self, failed_idx: int) -> None:
+        """Move to the endpoint after failed_idx (unless another thread already moved on)."""
+        with self._lock:
+            if self._idx == failed_idx:
+                self._idx = (failed_idx + 1) % len(self._targets)
+
+    def _metadata(self, use_token: bool = True) -> list[tuple[str, str]]:
+        md = [("hasleader", "true")]
+        tok = self._token
+        if use_token and tok:
+            md.append(("token", tok))
+        return md
+
+    def _channel_credentials(self) -> Any:
+        if self._creds is None:
+            grpc = _grpc()
+
+            def read(path: str | None, what: str) -> bytes | None:
+                if not path:
+                    return None
+                try:
+                    with open(path, "rb") as f:
+                        return f.read()
+                except OSError as e:
+                    raise EtcdError(f"cannot read {what} file {path}: {e.strerror}") from None
+
+            self._creds = grpc.ssl_channel_credentials(
+                root_certificates=read(self.config.cacert, "CA certificate"),
+                private_key=read(self.config.key, "client key"),
+                certificate_chain=read(self.config.cert, "client certificate"),
+            )
+        return self._creds
+
+    def _stub(self, idx: int, service: str) -> Any:
+        with self._lock:
+            self._check_open()
+            stub = self._stubs.get((idx, service))
+            if stub is not None:
+                return stub
+            ch = self._channels.get(idx)
+            if ch is None:
+                grpc = _grpc()
+                target, secure = self._targets[idx]
+                if secure:
+                    ch = grpc.secure_channel(
+                        target, self._channel_credentials(), options=_CHANNEL_OPTIONS
+                    )
+                else:
+                    ch = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+                self._channels[idx] = ch
+            _, pbg = _pb()
+            stub = getattr(pbg, f"{service}Stub")(ch)
+            self._stubs[(idx, service)] = stub
+            return stub
+
+    def _ensure_session(self, deadline: float) -> None:
+        """Authenticate lazily when connect() was not called."""
+        if not self._connected:
+            self._connect(deadline)
+
+    def _reauthenticate(self, stale: str | None, deadline: float) -> None:
+        """Get a fresh token (unless another thread already replaced `stale`)."""
+        pb, _ = _pb()
+        with self._auth_lock:
+            if stale is not None and self._token != stale:
+                return
+            user = self.config.user or ""
+            req = pb.AuthenticateRequest(name=user, password=self.config.password or "")
+            try:
+                resp = self._unary("Auth", "Authenticate", req, deadline, use_token=False)
+            except EtcdAuthError as e:
+                raise EtcdAuthError(f"etcd refused authentication as user {user!r}: {e}") from None
+            except EtcdError as e:
+                if "authentication is not enabled" in str(e):
+                    self._token = None  # auth is off: the credentials are not needed
+                    return
+                raise
+            self._token = resp.token
+            self.auth_count += 1
+
+    def _call(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        timeout: float | None,
+        with_idx: bool = False,
+    ) -> Any:
+        t = self.call_timeout if timeout is None else timeout
+        deadline = time.monotonic() + t
+        self._check_open()
+        self._ensure_session(deadline)
+        return self._unary(service, method, request, deadline, with_idx=with_idx)
+
+    def _unary(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        deadline: float,
+        use_token: bool = True,
+        with_idx: bool = False,
+    ) -> Any:
+        """One unary RPC with failover across endpoints until deadline."""
+        failures = 0
+        reauthed = False
+        last = "no attempt"
+        t0 = time.monotonic()
+        while True:
+            self._check_open()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EtcdUnavailable(
+                    f"etcd unavailable: no endpoint answered {method} within "
+                    f"{deadline - t0:.1f}s ({self._endpoint_list()}): {last}"
+                )
+            idx = self._current()
+            fn: Callable[..., Any] = getattr(self._stub(idx, service), method)
+            token = self._token if use_token else None
+            try:
+                resp = fn(
+                    request,
+                    timeout=min(remaining, self.attempt_timeout),
+                    metadata=self._metadata(use_token),
+                )
+                return (resp, idx) if with_idx else resp
+            except _grpc().RpcError as e:
+                kind = _classify(e, closed=self._closed)
+                last = _describe(e)
+                if kind == _REAUTH and use_token and self._has_credentials() and not reauthed:
+                    reauthed = True
+                    self._reauthenticate(token, deadline)
+                    continue
+                if kind in (_REAUTH, _AUTH):
+                    raise EtcdAuthError(f"etcd {method} refused: {last}") from None
+                if kind == _FATAL:
+                    raise EtcdError(f"etcd {method} failed: {last}") from None
+            self._advance(idx)
+            failures += 1
+            if failures % len(self._targets) == 0:
+                # a whole round failed: pause briefly (channels reconnect within ~1 s)
+                rounds = failures // len(self._targets)
+                pause = min(0.05 * 2 ** min(rounds, 4), 0.5, deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+
+
+def _compare_pb(pb: Any, c: Compare) -> Any:
+    results = {
+        "==": pb.Compare.EQUAL,
+        "!=": pb.Compare.NOT_EQUAL,
+        "<": pb.Compare.LESS,
+        ">": pb.Compare.GREATER,
+    }
+    targets = {
+        "create": (pb.Compare.CREATE, "create_revision"),
+        "mod": (pb.Compare.MOD, "mod_revision"),
+        "version": (pb.Compare.VERSION, "version"),
+        "value": (pb.Compare.VALUE, "value"),
+        "lease": (pb.Compare.LEASE, "lease"),
+    }
+    if c.op not in results:
+        raise ValueError(f"bad compare op {c.op!r}")
+    if c.target not in targets:
+        raise ValueError(f"bad compare target {c.target!r}")
+    target, fld = targets[c.target]
+    if (fld == "value") != isinstance(c.value, bytes):
+        raise ValueError(f"compare {c.target!r} needs a {'bytes' if fld == 'value' else 'int'}")
+    return pb.Compare(result=results[c.op], target=target, key=c.key, **{fld: c.value})
+
+
+def _op_pb(pb: Any, o: Op) -> Any:
+    if o.kind == "put":
+        return pb.RequestOp(request_put=pb.PutRequest(key=o.key, value=o.value, lease=o.lease))
+    if o.kind == "get":
+        return pb.RequestOp(
+            request_range=pb.RangeRequest(
+                key=o.key,
+                range_end=o.range_end or b"",
+                sort_order=pb.RangeRequest.ASCEND if o.range_end else pb.RangeRequest.NONE,
+                sort_target=pb.RangeRequest.KEY,
+            )
+        )
+    if o.kind == "delete":
+        return pb.RequestOp(
+            request_delete_range=pb.DeleteRangeRequest(key=o.key, range_end=o.range_end or b"")
+        )
+    raise ValueError(f"bad txn op kind {o.kind!r}")
