@@ -265,7 +265,12 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         campaign_backoff.reset()
         # -- hold ---------------------------------------------------------------------------
         while True:
-            res = hold(client, session, c, spec, sig, rev)
+            try:
+                res = hold(client, session, c, spec, sig, rev)
+            except BaseException:
+                unwake()
+                _withdraw(c, session)  # e.g. the command cannot be run: leave no key behind
+                raise
             ran_once = True
             if res.how == "signal":
                 unwake()

@@ -10,7 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import pid_gone, wait_for
+
+from conch.localetcd import LocalCluster
 
 SH = "/bin/sh"
 
@@ -270,15 +273,46 @@ def test_failover_to_a_live_endpoint(conch, etcd):
     assert r.returncode == 0, r.stderr
 
 
-def test_password_never_in_output(conch):
-    secret = "s3cr3t-Pa55"
-    r = conch.run("--user", f"root:{secret}", "elect", "pw", "--", "true")
-    assert r.returncode == 69  # auth is not enabled on the test etcd: refused
-    assert secret not in r.stdout + r.stderr
-    r = conch.run("elect", "pw", "--", "true", env={"CONCH_USER": "root", "CONCH_PASSWORD": secret})
-    assert r.returncode == 69 and secret not in r.stdout + r.stderr
-    r = conch.run("-v", "--user", f"root:{secret}", "elect", "pw", "--", "true")
-    assert secret not in r.stdout + r.stderr
+@pytest.fixture(scope="module")
+def auth_etcd(etcdctl_bin):
+    """A separate etcd with auth enabled: user root, password right-Pa55."""
+    cluster = LocalCluster(nodes=1).start()
+    ep = ["--endpoints", cluster.endpoints_csv]
+    for args in (["user", "add", "root:right-Pa55"], ["auth", "enable"]):
+        subprocess.run([etcdctl_bin, *ep, *args], check=True, capture_output=True, timeout=30)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_password_never_in_output(conch, auth_etcd, tmp_path):
+    env = {"CONCH_ENDPOINTS": auth_etcd.endpoints_csv}
+    wrong = "wr0ng-Pa55"
+    for args, extra in [
+        (("--user", f"root:{wrong}", "elect", "pw", "--", "true"), {}),
+        (("-v", "--user", f"root:{wrong}", "elect", "pw", "--", "true"), {}),
+        (("elect", "pw", "--", "true"), {"CONCH_USER": "root", "CONCH_PASSWORD": wrong}),
+        (("--user", f"root:{wrong}", "elect", "pw", "--who", "--json"), {}),
+    ]:
+        r = conch.run(*args, env={**env, **extra})
+        assert r.returncode == 69, (args, r.stderr)
+        assert wrong not in r.stdout + r.stderr
+        assert "-v" in args or "Traceback" not in r.stderr  # -v may show details
+    # the right password works; a password inside the child's argv is redacted in the record
+    right, ready = "right-Pa55", tmp_path / "ready"
+    p = conch.start(
+        "--user", f"root:{right}", "elect", "pw", "--", "sh", "-c",
+        f"touch {ready}; while true; do sleep 0.05; done; echo {right}",
+        env=env,
+    )  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    r = conch.run("--user", f"root:{right}", "elect", "pw", "--who", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert right not in r.stdout and "***" in r.stdout
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 143
+    assert right not in p.stderr.read()
 
 
 def test_version_and_env_endpoints(conch, etcd):
