@@ -293,7 +293,8 @@ class Watch:
         self._call: Any = None
         self._reqq: queue.Queue[Any] | None = None
         self._thread = threading.Thread(target=self._run, name=f"conch-watch {key!r}", daemon=True)
-        self.reconnects = 0  # how many times the stream was re-established (for tests/logs)
+        self.breaks = 0  # how many times the stream broke or was canceled (for tests/logs)
+        self.reconnects = 0  # how many times it was re-established after that
 
     @property
     def next_revision(self) -> int:
@@ -390,7 +391,6 @@ class Watch:
                 key=self._key,
                 range_end=self._range_end,
                 start_revision=self._next_rev,
-                progress_notify=True,
                 filters=filters,
             )
         )
@@ -453,9 +453,9 @@ class Watch:
                         break
                     if resp.events:
                         self._deliver(resp.events)
-                    elif resp.header.revision >= self._next_rev:
-                        # progress notification: every event up to header.revision was sent
-                        self._next_rev = resp.header.revision + 1
+                    # an empty response (a progress notification) is not delivered, and its
+                    # revision is not trusted to advance _next_rev: etcd 3.5 can send progress
+                    # ahead of events still queued for an unsynced watcher (etcd #15220)
             except BaseException as e:
                 err = e
             finally:
@@ -466,6 +466,8 @@ class Watch:
                     self._call, self._reqq = None, None
             if self._stop.is_set():
                 return
+            if created.is_set():
+                self.breaks += 1
             if cancel_reason is not None:
                 last_err = f"watch canceled by the server: {cancel_reason}"
                 low = cancel_reason.lower()

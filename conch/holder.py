@@ -55,13 +55,13 @@ class HolderRecord:
             d = json.loads(raw.decode("utf-8"))
             if not isinstance(d, dict):
                 raise ValueError
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..."
             d = {}
         cmd = d.get("cmd")
         pid = d.get("pid")
         return cls(
             host=str(d.get("host", "")),
-            pid=pid if isinstance(pid, int) else 0,
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
             started=str(d.get("started", "")),
             cmd=[str(a) for a in cmd] if isinstance(cmd, list) else [],
             version=str(d.get("version", "")),

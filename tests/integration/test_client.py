@@ -585,3 +585,71 @@ def test_tls_without_client_cert_is_refused(tls_etcd: dict[str, str]) -> None:
     with pytest.raises(EtcdUnavailable):
         c.connect()
     c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# quorum loss (hasleader) and clean shutdown
+# ---------------------------------------------------------------------------------------
+
+
+def test_quorum_loss_and_return(prefix: str) -> None:
+    """2 of 3 members down: calls fail (no leader, require-leader), the open watch is dropped
+    by the leaderless member and resumes when quorum returns, with every event exactly once;
+    the held lease is kept alive again."""
+    p = prefix.encode()
+    with LocalCluster(nodes=3) as cluster:
+        cfg = ClientConfig(endpoints=tuple(cluster.endpoints), dial_timeout=5)
+        with Client(cfg) as c:
+            r0 = c.put(p + b"0", b"a")
+            w = c.watch(p, _end(p), start_revision=r0)
+            assert [e.kv.key for e in _collect(w, 1, 10)] == [p + b"0"]
+            lease, _ = c.lease_grant(60)
+            assert c.lease_keepalive(lease, timeout=5) == 60
+            survivor, *others = cluster.members
+            for m in others:
+                cluster.stop_member(m)
+            with pytest.raises(EtcdUnavailable):
+                c.put(p + b"lost", b"x", timeout=2)
+            with pytest.raises(EtcdError):
+                c.lease_keepalive(lease, timeout=2)
+            # the leaderless member cancels the watch stream (require-leader)
+            deadline = time.monotonic() + 20
+            while w.breaks == 0 and time.monotonic() < deadline:
+                assert w.get(0.2) == []
+            assert w.breaks >= 1
+            for m in others:
+                cluster.start_member(m)
+            cluster.wait_healthy()
+            for i in (1, 2):
+                _eventually(lambda i=i: c.put(p + str(i).encode(), b"b"), 20, "put after quorum")
+            evs = _collect(w, 2, timeout=20)
+            assert w.get(0.5) == []
+            assert [e.kv.key for e in evs] == [p + b"1", p + b"2"]
+            assert w.reconnects >= 1
+            ttl = _eventually(lambda: c.lease_keepalive(lease, timeout=2), 20, "keepalive")
+            assert ttl == 60
+            w.cancel()
+            assert survivor.running()
+
+
+def test_close_stops_every_thread(etcd: LocalCluster, prefix: str) -> None:
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("conch-")]
+
+    before = set(ours())
+    c = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
+    c.connect()
+    c.watch(prefix.encode())
+    c.watch(prefix.encode() + b"x")
+    lease, _ = c.lease_grant(10)
+    c.lease_keepalive(lease, timeout=5)
+    new = [t for t in ours() if t not in before]
+    assert len(new) == 3 and all(t.daemon for t in new)
+    c.close()
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in new) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in new)
+    with pytest.raises(EtcdError):
+        c.lease_keepalive(lease, timeout=1)
+    c.close()  # idempotent

@@ -8,7 +8,7 @@ import sys
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-from herd import measure  # noqa: E402
+from herd import measure
 
 
 def test_each_release_wakes_at_most_two_waiters(etcd, prefix):
