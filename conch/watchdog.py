@@ -1,0 +1,399 @@
+"""The watchdog: the child's process group must not outlive a dead or paused conch.
+
+conch runs its child in a process group of its own and, right after spawning it, starts this
+file as a separate, tiny process (``[sys.executable, "-I", "-S", this_file]``, in a session of
+its own so that terminal signals and ``kill -- -PGID`` aimed at conch do not reach it) with a
+pipe on its stdin. This module imports only the standard library so that it can run that way,
+outside the package, in ~10 ms.
+
+Protocol (one text line per message, on the watchdog's stdin):
+
+``arm PGID KILL_AFTER DEADLINE``
+    Watch process group PGID. DEADLINE is an absolute ``time.monotonic()`` value: CLOCK_MONOTONIC
+    is system-wide on Linux, so the two processes share it. ``inf`` means no deadline.
+``deadline DEADLINE``
+    A new deadline; the latest line wins. conch pushes one each time its lease keepalive is
+    acknowledged.
+``disarm``
+    conch finished cleanly and has dealt with the group itself: exit 0 without killing.
+
+The watchdog *fires* — SIGTERM (then SIGCONT, so that stopped members see it) to the group, wait
+up to KILL_AFTER for the group to have no live member, SIGKILL to the group, exit 1 — when:
+
+* its stdin reaches EOF while armed (conch died: the kernel closes the pipe as conch exits,
+  whatever killed it, SIGKILL included);
+* monotonic time passes DEADLINE (conch is paused — SIGSTOP, Ctrl-Z — or its keepalive thread
+  is stuck, so it can no longer confirm its lease). Input already in the pipe is read before
+  the deadline is judged, so a ``disarm``/``deadline`` written in time is honoured;
+* it gets SIGTERM while armed. Choice: a SIGTERM to the watchdog is treated like conch's death,
+  not as "go away quietly" — the watchdog exists only to bound the child group's life, and a
+  watchdog that could be removed silently would let a paused conch's child live on unbounded.
+  (A SIGTERM that reaches everything at once, e.g. systemd stopping the unit, kills the child
+  group anyway; the watchdog then merely applies the same SIGTERM → KILL_AFTER → SIGKILL.)
+
+SIGINT and SIGHUP are ignored (a terminal's Ctrl-C or hangup must not remove the safety net;
+conch itself forwards those to the group). Unknown or malformed lines are ignored. EOF before
+``arm`` exits 0 without killing. Exit status: 0 disarmed (or never armed), 1 fired.
+
+Resulting bound (what docs/guarantees.md may rely on):
+
+* conch SIGKILLed (or crashing in any way): the group gets SIGTERM as soon as the watchdog is
+  scheduled after the pipe closes — milliseconds, ≤ ~100 ms on a loaded host — and SIGKILL
+  KILL_AFTER later.
+* conch SIGSTOPped or stuck: the group gets SIGTERM at the last pushed DEADLINE (which conch
+  sets *before* the server-side lease expiry) and SIGKILL KILL_AFTER after that.
+
+Not covered: a process that leaves the group (``setsid``/``setpgid``, e.g. a daemonizing
+grandchild) escapes it, as it escapes conch's own ``killpg``; a SIGKILL of the watchdog itself
+removes the net (conch can check :meth:`Watchdog.alive`); if conch dies in the short window
+between spawning the child and :meth:`Watchdog.start` writing ``arm`` (one fork/exec), the
+child is not watched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import sys
+import time
+
+# Not `from typing import TYPE_CHECKING`: importing typing would add ~4 ms to every start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the client imports these lazily: the standalone watchdog must start fast
+    import subprocess
+    import threading
+    from typing import IO
+
+EXIT_DISARMED = 0
+EXIT_FIRED = 1
+
+# Upper bound on one wait in the main loop (also a guard against a clock that jumps oddly).
+_MAX_WAIT = 1.0
+# Polling interval while waiting for a signalled group to empty.
+_GROUP_POLL = 0.02
+
+
+# --- process-group helpers (also used by conch.supervisor) -------------------------------------
+
+
+def _proc_is_ours() -> bool:
+    """True if /proc describes our pid namespace (so pids read there mean what we think)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().split(b" ", 1)[0]) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def _stat_pgrp_live(data: bytes) -> tuple[int, bool] | None:
+    """(pgrp, is_live) from a /proc/PID/stat line; a zombie (Z) or dead (X) task is not live."""
+    r = data.rfind(b")")
+    if r < 0:
+        return None
+    fields = data[r + 2 :].split()
+    if len(fields) < 3:
+        return None
+    try:
+        return int(fields[2]), fields[0] not in (b"Z", b"X")
+    except ValueError:
+        return None
+
+
+def _read_stat(pid: str | int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _has_live_member(pgid: int) -> bool:
+    """Scan /proc for a non-zombie process whose process group is `pgid`. Unknowable → True."""
+    if not _proc_is_ours():
+        return True
+    # Fast path: the group leader itself is usually the one still running.
+    data = _read_stat(pgid)
+    if data is not None:
+        parsed = _stat_pgrp_live(data)
+        if parsed is not None and parsed == (pgid, True):
+            return True
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        data = _read_stat(name)
+        if data is None:
+            continue
+        parsed = _stat_pgrp_live(data)
+        if parsed is not None and parsed[0] == pgid and parsed[1]:
+            return True
+    return False
+
+
+def group_exists(pgid: int) -> bool:
+    """True if the kernel still knows process group `pgid` (zombies included)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """True if some process of group `pgid` is still running (not a zombie).
+
+    ``killpg(pgid, 0)`` alone is not enough: an unreaped zombie keeps its group "existing", and
+    reparented zombies may linger when the init/subreaper of a container does not reap. On Linux
+    a /proc scan tells zombies apart; where it cannot (no /proc, another pid namespace) the
+    answer errs on "alive".
+    """
+    if pgid <= 1:
+        raise ValueError(f"refusing to inspect process group {pgid}")
+    if not group_exists(pgid):
+        return False
+    return _has_live_member(pgid)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """killpg that ignores a vanished (ESRCH) or foreign-only (EPERM) group."""
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Poll until group `pgid` has no live member or `timeout` passes; True if it is gone."""
+    end = time.monotonic() + timeout
+    while group_alive(pgid):
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(_GROUP_POLL, remaining))
+    return True
+
+
+def kill_group(pgid: int, kill_after: float) -> None:
+    """SIGTERM (+SIGCONT) the group, wait up to `kill_after` for it to empty, then SIGKILL.
+
+    SIGKILL is sent whenever the group still exists, even if the /proc scan already calls it
+    dead: harmless to zombies, and robust if the scan is ever wrong.
+    """
+    signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGCONT)
+    wait_group_gone(pgid, kill_after)
+    signal_group(pgid, signal.SIGKILL)
+
+
+# --- the watchdog process -----------------------------------------------------------------------
+
+
+class _State:
+    """The protocol state machine, fed one line at a time (pure: no I/O)."""
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self.kill_after = 0.0
+        self.deadline = math.inf
+        self.disarmed = False
+
+    @property
+    def armed(self) -> bool:
+        return self.pgid is not None and not self.disarmed
+
+    def feed(self, line: str) -> None:
+        parts = line.split()
+        if not parts:
+            return
+        cmd, args = parts[0], parts[1:]
+        try:
+            if cmd == "arm" and len(args) == 3:
+                pgid, kill_after, deadline = int(args[0]), float(args[1]), float(args[2])
+                valid = pgid > 1 and math.isfinite(kill_after) and kill_after >= 0
+                if valid and not math.isnan(deadline):
+                    self.pgid, self.kill_after, self.deadline = pgid, kill_after, deadline
+            elif cmd == "deadline" and len(args) == 1:
+                deadline = float(args[0])
+                if not math.isnan(deadline):
+                    self.deadline = deadline
+            elif cmd == "disarm" and not args:
+                self.disarmed = True
+        except ValueError:
+            pass
+
+
+def _run(stdin_fd: int = 0) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+
+    poller = select.poll()
+    poller.register(stdin_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    state = _State()
+    buf = b""
+    eof = terminated = False
+
+    def fire() -> int:
+        assert state.pgid is not None
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        kill_group(state.pgid, state.kill_after)
+        return EXIT_FIRED
+
+    while True:
+        timeout = _MAX_WAIT
+        if state.armed:
+            timeout = max(0.0, min(timeout, state.deadline - time.monotonic()))
+        for fd, _events in poller.poll(timeout * 1000.0):
+            if fd == wake_r:
+                try:
+                    woke = os.read(wake_r, 512)
+                except BlockingIOError:
+                    woke = b""
+                if signal.SIGTERM in woke:
+                    terminated = True
+            elif fd == stdin_fd and not eof:
+                try:
+                    chunk = os.read(stdin_fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    eof = True
+                    poller.unregister(stdin_fd)
+                    continue
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    state.feed(line.decode("ascii", "replace"))
+                    if state.disarmed:
+                        return EXIT_DISARMED
+        if eof or terminated:
+            return fire() if state.armed else EXIT_DISARMED
+        if state.armed and time.monotonic() >= state.deadline:
+            return fire()
+
+
+def main() -> int:
+    try:
+        return _run()
+    except KeyboardInterrupt:  # SIGINT is ignored, but be safe before the handler is set
+        return EXIT_DISARMED
+
+
+# --- the client conch uses ----------------------------------------------------------------------
+
+
+class Watchdog:
+    """conch's handle on its watchdog process. Thread-safe; `update` and `disarm` never raise."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pgid: int) -> None:
+        import threading
+
+        self._proc = proc
+        self.pgid = pgid
+        stdin = proc.stdin
+        assert stdin is not None
+        self._stdin: IO[bytes] | None = stdin
+        self._fd = stdin.fileno()
+        self._lock: threading.Lock = threading.Lock()
+        self.broken = False  # a write failed: the watchdog is gone (it fired, or was killed)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @classmethod
+    def start(cls, pgid: int, kill_after: float, deadline: float) -> Watchdog:
+        """Spawn the watchdog and arm it on `pgid`. Raises OSError if it cannot be started."""
+        import subprocess
+
+        if pgid <= 1 or pgid == os.getpgrp():
+            raise ValueError(f"refusing to watch process group {pgid}")
+        if not sys.executable:
+            raise OSError("cannot start the watchdog: no Python interpreter (sys.executable)")
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        wd = cls(proc, pgid)
+        try:
+            os.write(wd._fd, f"arm {pgid} {float(kill_after)!r} {float(deadline)!r}\n".encode())
+        except OSError:
+            proc.kill()
+            proc.wait()
+            raise
+        # From now on a write must never block conch's keepalive thread (a stopped watchdog
+        # with a full pipe): a line is < PIPE_BUF, so it is written whole or not at all.
+        os.set_blocking(wd._fd, False)
+        return wd
+
+    def _send(self, line: str) -> None:
+        """Write one line; caller holds the lock. Never raises."""
+        if self._stdin is None or self.broken:
+            return
+        try:
+            os.write(self._fd, line.encode())
+        except BlockingIOError:
+            pass  # pipe full: the watchdog is not reading (stopped); drop this update
+        except OSError:
+            self.broken = True
+
+    def update(self, deadline: float) -> None:
+        """Push a new absolute time.monotonic() deadline. Never raises."""
+        with self._lock:
+            self._send(f"deadline {float(deadline)!r}\n")
+
+    def disarm(self, timeout: float = 2.0) -> None:
+        """Tell the watchdog to exit without killing; close the pipe; reap it (bounded).
+
+        Idempotent. If the watchdog has not exited within `timeout` it is SIGKILLed (which does
+        not touch the child group)."""
+        with self._lock:
+            if self._stdin is not None:
+                self._send("disarm\n")
+                with contextlib.suppress(OSError):
+                    self._stdin.close()
+                self._stdin = None
+        import subprocess
+
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout)
+
+    def alive(self) -> bool:
+        """True while the watchdog process runs."""
+        return self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+    def fired(self) -> bool:
+        """True if the watchdog killed the group (it exited with EXIT_FIRED)."""
+        return self._proc.poll() == EXIT_FIRED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
