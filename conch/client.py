@@ -117,7 +117,7 @@ class TxnResult:
 
 
 def _grpc() -> Any:
-    import grpc
+    import grpc  # type: ignore[import-untyped]
 
     return grpc
 

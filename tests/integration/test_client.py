@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from conch.client import (
     Op,
     Watch,
     WatchCompacted,
+    _pb,
 )
 from conch.localetcd import LocalCluster, find_binary, free_port
 
@@ -355,7 +357,7 @@ def test_watch_survives_etcd_restart(own_etcd: LocalCluster) -> None:
         own_etcd.start_member(m)
         own_etcd.wait_healthy()
         for i in range(3, 6):
-            _eventually(lambda i=i: c.put(p + str(i).encode(), b"y"), 15, "put after restart")
+            _eventually(partial(c.put, p + str(i).encode(), b"y"), 15, "put after restart")
         after = _collect(w, 3, timeout=15)
         assert w.get(0.5) == []  # and nothing twice
         evs = before + after
@@ -405,16 +407,15 @@ def auth_etcd() -> Iterator[LocalCluster]:
 def _wait_token_expired(c: Client, token: str) -> None:
     """Poll (without refreshing it: every use of a simple token restarts its TTL) until etcd
     no longer accepts token."""
-    import grpc
+    import grpc  # type: ignore[import-untyped]
 
-    from conch._pb import rpc_pb2
-
+    pb, _ = _pb()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(2.5)  # > TTL (1 s) + etcd's 1 s TTL-keeper resolution since the last use
         try:
             c._stub(c._current(), "KV").Range(
-                rpc_pb2.RangeRequest(key=b"/probe"), timeout=5, metadata=[("token", token)]
+                pb.RangeRequest(key=b"/probe"), timeout=5, metadata=[("token", token)]
             )
         except grpc.RpcError as e:
             if "invalid auth token" in (e.details() or ""):
@@ -621,7 +622,7 @@ def test_quorum_loss_and_return(prefix: str) -> None:
                 cluster.start_member(m)
             cluster.wait_healthy()
             for i in (1, 2):
-                _eventually(lambda i=i: c.put(p + str(i).encode(), b"b"), 20, "put after quorum")
+                _eventually(partial(c.put, p + str(i).encode(), b"b"), 20, "put after quorum")
             evs = _collect(w, 2, timeout=20)
             assert w.get(0.5) == []
             assert [e.kv.key for e in evs] == [p + b"1", p + b"2"]
