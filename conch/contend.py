@@ -93,7 +93,9 @@ class Contention:
     def decide(self) -> tuple[Decision, int]:
         listing = list_members(self.client, self.directory)
         d = decide(
-            [Contender(kv.key, kv.create_revision) for kv in listing.members], self.slots, self.key
+            [Contender(kv.key, kv.create_revision, kv.version >= 2) for kv in listing.members],
+            self.slots,
+            self.key,
         )
         self.rank = d.rank
         return d, listing.revision

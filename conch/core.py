@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from conch import __version__
 from conch.backoff import Backoff
-from conch.client import Client, EtcdError, WatchCompacted
+from conch.client import Client, EtcdError, Watch, WatchCompacted
 from conch.contend import Contention, Outcome
 from conch.errors import (
     EXIT_LEASE_LOST,
@@ -101,6 +101,8 @@ class KeyWatch:
         self.client, self.c, self.session = client, c, session
         self.start_rev = start_rev
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._w: Watch | None = None
         self._t = threading.Thread(target=self._run, name="holder-key-watch", daemon=True)
         self._t.start()
 
@@ -113,10 +115,15 @@ class KeyWatch:
                 log.debug("holder-key watch: %s; retrying", e)
                 self._stop.wait(0.5)
                 continue
+            with self._lock:
+                self._w = w
+            if self._stop.is_set():
+                w.cancel()
+                return
             try:
                 while not self._stop.is_set():
                     try:
-                        events = w.get(0.2)
+                        events = w.get(1.0)
                     except WatchCompacted:
                         if not self.c.still_mine():
                             self.session.mark_lost("holder key was deleted")
@@ -141,6 +148,10 @@ class KeyWatch:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            w = self._w
+        if w is not None:
+            w.cancel()  # wakes a blocked get() at once
         self._t.join(timeout=2.0)
 
 
@@ -192,8 +203,12 @@ def hold(
                 if rc is not None:
                     ran = time.monotonic() - started
                     child.reap_group(spec.kill_after)
-                    if not session.is_trusted():  # e.g. the watchdog killed it while we slept
-                        return HoldResult("lost", EXIT_LEASE_LOST, ran, session.loss_reason)
+                    wd.disarm()
+                    if wd.fired() or not session.is_trusted():
+                        # the watchdog killed it while conch was paused or stuck
+                        reason = session.loss_reason or "lease could not be confirmed in time"
+                        session.mark_lost(reason)
+                        return HoldResult("lost", EXIT_LEASE_LOST, ran, reason)
                     return HoldResult("exited", child_exit_code(rc), ran)
                 sig.wake.wait(TICK)
                 sig.wake.clear()

@@ -1,17 +1,23 @@
 """The ranking rule shared by elect (N=1) and sema (N). Pure: no I/O.
 
-Contenders are ordered by the create revision of their keys. Rank r holds a slot iff r < N.
+Contenders are ordered by the create revision of their keys. Rank r is entitled to a slot
+iff r < N.
 
 Who watches what, so that every release wakes O(1) waiters and no free slot is left while
 someone waits (the rule "rank r watches rank r-N" is wrong: see tests/unit/test_ranking.py):
 
-* a holder watches nothing here (the session watches its own key for loss);
+* rank r < N is entitled to a slot, and *holds* it once every contender ahead of it has made
+  its promotion put (equivalently, since promotions go in rank order: its predecessor has, or
+  r == 0). Until then it watches its predecessor for any change. This makes promotions happen
+  strictly in create-revision order, so CONCH_REV increases across successive promotions of a
+  semaphore too (for N > 1 a newcomer could otherwise take a freed slot while an older,
+  entitled contender's wake-up is still in flight);
 * the head of the queue (rank == N) watches *deletes* anywhere in the directory: any delete
   may free a slot, and it is the only waiter that can take one;
 * every other waiter (rank > N) watches its predecessor (rank - 1) for *any* change: a delete
-  (the predecessor left) or a put. A waiter that is promoted to holder re-writes its own key
-  (the promotion put, which also re-checks that the key still exists), and that put is what
-  wakes the next waiter so it can become the new head.
+  (the predecessor left) or a put. A contender that takes its slot re-writes its own key (the
+  promotion put, which also re-checks that the key still exists), and that put is what wakes
+  the next contender, so it can become the new head or take its own slot.
 
 A release therefore wakes the head (one waiter), whose promotion put wakes one more.
 """
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 class Contender:
     key: bytes
     create_revision: int
+    promoted: bool = True  # its promotion put is done (etcd: version >= 2)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ def decide(contenders: Sequence[Contender], slots: int, my_key: bytes) -> Decisi
     if rank < 0:
         return Decision(present=False, rank=-1, holder=False)
     if rank < slots:
-        return Decision(present=True, rank=rank, holder=True)
+        if rank == 0 or ranked[rank - 1].promoted:
+            return Decision(present=True, rank=rank, holder=True)
+        return Decision(present=True, rank=rank, holder=False, watch_key=ranked[rank - 1].key)
     if rank == slots:
         return Decision(present=True, rank=rank, holder=False, watch_dir_deletes=True)
     return Decision(present=True, rank=rank, holder=False, watch_key=ranked[rank - 1].key)

@@ -195,6 +195,7 @@ class Sim:
         self.rule = rule
         self.dir = sema_dir("/sim/", "job", slots)
         self.store: dict[bytes, int] = {}  # key -> create revision
+        self.version: dict[bytes, int] = {}  # key -> etcd version (2 after the promotion put)
         self.revision = 1
         self.clients: list[Client] = []
         self.pending: list[int] = []  # cids whose watch fired, in firing order
@@ -205,7 +206,7 @@ class Sim:
 
     # -- etcd --
     def _contenders(self) -> list[Contender]:
-        return [Contender(k, r) for k, r in self.store.items()]
+        return [Contender(k, r, self.version[k] >= 2) for k, r in self.store.items()]
 
     def _ranked_keys(self) -> list[bytes]:
         return [c.key for c in order(self._contenders())]
@@ -214,8 +215,10 @@ class Sim:
         self.revision += 1
         if kind == "put":
             self.store.setdefault(key, self.revision)
+            self.version[key] = self.version.get(key, 0) + 1
         else:
             del self.store[key]
+            del self.version[key]
         ev = Event(kind, key, self.revision, cause)
         for c in self.clients:
             if c.watch is None:
@@ -357,11 +360,10 @@ class Sim:
                 raise Violation(f"waiter c{c.cid} waits on nothing")
 
     def check_fencing(self) -> None:
-        """N=1: each new holder's revision exceeds every earlier holder's."""
-        if self.slots == 1:
-            revs = [rev for _, rev in self.promoted]
-            if revs != sorted(set(revs)):
-                raise Violation(f"fencing revisions not strictly increasing: {revs}")
+        """Each promotion's revision (CONCH_REV) exceeds every earlier promotion's, for any N."""
+        revs = [rev for _, rev in self.promoted]
+        if revs != sorted(set(revs)):
+            raise Violation(f"fencing revisions not strictly increasing: {revs}")
 
 
 Op = tuple[str, int]
@@ -522,13 +524,10 @@ def test_promotion_put_fails_if_the_key_is_gone() -> None:
     assert sim.promoted == []
 
 
-def test_multi_slot_promotions_may_reorder_but_only_among_entitled() -> None:
-    """For N>1 the wall-clock order in which contenders *see* themselves promoted is not
-    always revision order: C (older) has a pending wakeup while both slots free up and a new
-    arrival E takes the second free slot first. Both were entitled (top N), nobody older is
-    passed over, and at quiescence the holders are the N oldest. (So for N>1 the create
-    revisions handed out as CONCH_REV are not increasing in child start order; for N=1 they
-    are, see test_simulation_conch_rule.)"""
+def test_multi_slot_promotions_stay_in_revision_order() -> None:
+    """For N>1 a newcomer must not overtake an older entitled contender whose wake-up is still
+    in flight: C has a pending wake-up when both slots free up; E arrives, is entitled (rank 1)
+    but waits for C's promotion put, so promotions (and CONCH_REV) stay in revision order."""
     sim = Sim(2)
     _a, _b = sim.arrive(), sim.arrive()
     sim.drain()
@@ -536,12 +535,12 @@ def test_multi_slot_promotions_may_reorder_but_only_among_entitled() -> None:
     sim.release(_a)  # wakes C; delivery delayed
     assert sim.pending == [c.cid]
     sim.release(_b)
-    e = sim.arrive()  # lists: C rank 0, E rank 1 < 2 -> holder at once
-    assert e.state == "promoting"
+    e = sim.arrive()  # lists: C rank 0 (not yet promoted), E rank 1: entitled, waits for C
+    assert e.state == "waiting" and e.watch == ("key", c.key)
     sim.drain()
     sim.check_quiescent()
-    assert [cid for cid, _ in sim.observed][-2:] == [e.cid, c.cid]
-    assert c.rev < e.rev
+    assert [cid for cid, _ in sim.observed][-2:] == [c.cid, e.cid]
+    assert [cid for cid, _ in sim.promoted][-2:] == [c.cid, e.cid]
 
 
 def test_waiter_leaving_wakes_successor_and_head_only() -> None:
