@@ -20,7 +20,9 @@ EtcdUnavailable. A password never appears in any message this module produces.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -116,16 +118,41 @@ class TxnResult:
 # ---------------------------------------------------------------------------------------
 
 
-def _grpc() -> Any:
-    import grpc  # type: ignore[import-untyped]
+_import_lock = threading.Lock()
 
+
+def _grpc() -> Any:
+    """grpc, imported on first use. grpc's C core logs to stderr on its own (e.g. every failed
+    TLS handshake); conch reports errors itself, in one line, so unless the user set
+    GRPC_VERBOSITY, the core is imported with it set to NONE (it is read at import), and the
+    environment is restored at once so that children do not inherit it."""
+    mod = sys.modules.get("grpc")
+    if mod is not None:
+        return mod
+    with _import_lock:
+        unset = "GRPC_VERBOSITY" not in os.environ
+        if unset:
+            os.environ["GRPC_VERBOSITY"] = "NONE"
+        try:
+            import grpc  # type: ignore[import-untyped]
+        finally:
+            if unset:
+                os.environ.pop("GRPC_VERBOSITY", None)
     return grpc
 
 
-def _pb() -> tuple[Any, Any]:
-    from conch._pb import rpc_pb2, rpc_pb2_grpc
+_stubs: tuple[Any, Any] | None = None
 
-    return rpc_pb2, rpc_pb2_grpc
+
+def _pb() -> tuple[Any, Any]:
+    """(rpc_pb2, rpc_pb2_grpc), imported on first use."""
+    global _stubs
+    if _stubs is None:
+        _grpc()  # first: the stubs import grpc
+        from conch._pb import rpc_pb2, rpc_pb2_grpc
+
+        _stubs = (rpc_pb2, rpc_pb2_grpc)
+    return _stubs
 
 
 # What to do after a failed RPC.
