@@ -236,10 +236,12 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
     backoff = Backoff()
     campaign_backoff = Backoff(initial=0.5, maximum=5.0)
     ran_once = False
+    stale: list[int] = []  # leases lost during an outage, revoked once etcd answers again
     while True:
         if sig.received is not None:
             return signal_exit_code(sig.received)
         # -- campaign -------------------------------------------------------------------
+        _revoke_stale(client, stale)
         session = Session(client, spec.ttl)
         try:
             session.open()
@@ -293,7 +295,8 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                 return res.code
             if res.how == "lost":
                 unwake()
-                session.close(revoke=True)
+                if not session.close(revoke=True):
+                    stale.append(session.lease_id)
                 if not spec.restart:
                     return EXIT_LEASE_LOST
                 log.warning("lease lost (%s); campaigning again", res.reason)
@@ -311,13 +314,14 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                 return signal_exit_code(sig.received)
             if not session.is_trusted():
                 unwake()
-                session.close(revoke=True)
+                if not session.close(revoke=True):
+                    stale.append(session.lease_id)
                 break
             try:
                 if not c.still_mine():
                     session.mark_lost("holder key is gone")
                     unwake()
-                    session.close(revoke=True)
+                    session.close(revoke=True)  # the key is gone: nothing stale is left
                     break
                 rev = client.get(c.key)[1]
             except EtcdError as e:
@@ -335,6 +339,18 @@ def _acquire(
     if not c.promote():  # my key vanished while I waited: never run on a stale view
         return Outcome.LOST, 0
     return Outcome.HELD, c.promoted_rev
+
+
+def _revoke_stale(client: Client, stale: list[int]) -> None:
+    """A lease conch gave up on while etcd was unreachable still holds its key until it
+    expires (etcd even extends leases when a new leader is elected): revoke it, so a
+    re-campaign after an outage does not queue behind its own dead key."""
+    for lease_id in list(stale):
+        try:
+            client.lease_revoke(lease_id, timeout=2.0)
+            stale.remove(lease_id)
+        except EtcdError as e:
+            log.debug("revoke of stale lease %x failed: %s", lease_id, e)
 
 
 def _withdraw(c: Contention, session: Session) -> None:

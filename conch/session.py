@@ -111,8 +111,9 @@ class Session:
             except Exception:  # a listener must not kill the keepalive thread
                 log.exception("loss listener failed")
 
-    def close(self, revoke: bool = True) -> None:
-        """Stop keeping the lease alive; revoke it (deleting every key attached) if asked."""
+    def close(self, revoke: bool = True) -> bool:
+        """Stop keeping the lease alive; revoke it (deleting every key attached) if asked.
+        Returns False if the revoke could not be done (the lease will expire by itself)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
@@ -121,6 +122,8 @@ class Session:
                 self.client.lease_revoke(self.lease_id, timeout=2.0)
             except EtcdError as e:
                 log.debug("revoke of lease %x failed: %s (it will expire)", self.lease_id, e)
+                return False
+        return True
 
     # -- keepalive loop -----------------------------------------------------------------
     def _run(self) -> None:
