@@ -396,6 +396,8 @@ class Watch:
 
     def _fail(self, err: BaseException) -> None:
         """Terminal error: surfaces from get() (or from watch() before creation)."""
+        if self._stop.is_set():
+            return  # canceled locally (or the client closed): nobody waits for an error
         if not self._ready.is_set():
             self._init_error = err
             self._ready.set()
@@ -498,6 +500,9 @@ class Watch:
             if cancel_reason is not None:
                 last_err = f"watch canceled by the server: {cancel_reason}"
                 low = cancel_reason.lower()
+                if "compacted" in low:
+                    self._fail(WatchCompacted(self._next_rev))
+                    return
                 if any(t in low for t in _REAUTH_TEXTS + _AUTH_TEXTS):
                     # the stream's token may have expired: one fresh token, then give up
                     if client._has_credentials() and not reauthed:
