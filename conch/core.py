@@ -242,7 +242,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             return signal_exit_code(sig.received)
         # -- campaign -------------------------------------------------------------------
         _revoke_stale(client, stale)
-        session = Session(client, spec.ttl)
+        session = Session(client, spec.ttl, probe_key=spec.directory)
         try:
             session.open()
         except EtcdError as e:

@@ -15,6 +15,14 @@ absorbs). A keepalive answered with TTL <= 0 (lease revoked or expired) loses it
 
 Keepalives are sent every granted_ttl / 3; after a failed one the loop retries every
 `retry_interval` (failing over between endpoints inside the client) until the deadline.
+
+Quorum confirmation. etcd's leader renews leases locally, without a quorum round, so a leader
+that has just lost its quorum keeps acknowledging keepalives until it notices and steps down
+(up to two election timeouts). That is safe — a new leader extends every lease on promotion —
+but it would let a holder keep running for that long after quorum loss. So with a `probe_key`
+an acknowledgement only counts once a linearizable read issued after it succeeds (ReadIndex
+needs the leader to hear from a quorum): the child is then signalled within the TTL of the
+quorum loss.
 """
 
 from __future__ import annotations
@@ -46,9 +54,11 @@ class Session:
         ttl: float,
         *,
         retry_interval: float = 0.5,
+        probe_key: bytes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        self.probe_key = probe_key
         self.requested_ttl = max(1, math.ceil(ttl))
         self.retry_interval = retry_interval
         self.clock = clock
@@ -156,6 +166,14 @@ class Session:
             if ttl <= 0:
                 self.mark_lost(f"lease {self.lease_id:x} expired or was revoked")
                 return
+            if self.probe_key is not None:
+                try:  # a linearizable read: did the cluster still have a quorum after the ack?
+                    left = max(0.05, min(interval, self.deadline() - self.clock()))
+                    self.client.get(self.probe_key, timeout=left)
+                except Exception as e:
+                    log.debug("quorum probe after keepalive failed: %s", e)
+                    next_send = self.clock() + self.retry_interval
+                    continue
             new_deadline = local_deadline(sent, ttl)
             with self._lock:
                 if new_deadline > self._deadline:
