@@ -1,6 +1,7 @@
 """`conch dev` (conch.dev.main) against the real etcd binary, run in a subprocess.
 
-The CLI does not wire `conch dev` yet, so these call conch.dev.main through `python -c`.
+Most run the real CLI (`python -m conch dev ...`); a few call conch.dev.main through `python -c`
+to change something first (e.g. hide the etcd binary).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def dev_env(**extra: str) -> dict[str, str]:
 
 
 def dev_argv(nodes: int, port: int, cmd: list[str], prelude: str = "") -> list[str]:
+    """`conch dev` through the CLI; with a prelude (code run first, e.g. to hide the etcd
+    binary), conch.dev.main is called through `python -c`."""
+    if not prelude:
+        return [sys.executable, "-m", "conch", "dev", "--nodes", str(nodes), "--port", str(port),
+                "--", *cmd]  # fmt: skip
     code = (
         "import json, sys\n"
         f"{prelude}\n"
@@ -333,6 +339,11 @@ def test_no_etcd_binary(spawn: Callable[..., Dev]) -> None:
 
 def test_bad_nodes(spawn: Callable[..., Dev]) -> None:
     dev = spawn(dev_argv(2, free_port(), []))
+    assert dev.wait() == 2
+    (line,) = dev.err.rest()
+    assert line.startswith("conch: error: ") and "--nodes" in line
+    # conch.dev.main checks it too, for callers other than the CLI
+    dev = spawn(dev_argv(2, free_port(), [], prelude="pass"))
     assert dev.wait() == 2
     assert dev.err.rest() == ["conch: error: --nodes must be 1 or 3, not 2"]
 
