@@ -41,6 +41,8 @@ def _global_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, metavar="D"),
         click.option("-v", "--verbose", is_flag=True, help="debug logging and tracebacks"),
         click.option("-q", "--quiet", is_flag=True, help="only errors on stderr"),
+        click.version_option(__version__, "--version", prog_name="conch",
+                             message="%(prog)s %(version)s"),
     ]  # fmt: skip
     for o in reversed(opts):
         f = o(f)
@@ -84,7 +86,6 @@ CMD_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 @click.group(context_settings=CMD_SETTINGS)
-@click.version_option(__version__, "--version", prog_name="conch", message="%(prog)s %(version)s")
 @_global_options
 def cli(**_: Any) -> None:
     """Coordination primitives for shell users over etcd: elect, sema, dev.
