@@ -28,6 +28,7 @@ from conch.ranking import Contender, Decision, decide
 log = logging.getLogger("conch.contend")
 
 POLL = 0.1  # how often a blocked wait looks at stop/deadline/session (seconds)
+NONBLOCK_GRACE = 1.0  # --nonblock: how long an entitled contender waits for its predecessor
 
 
 class Outcome(enum.Enum):
@@ -118,7 +119,15 @@ class Contention:
                 return Outcome.LOST
             if d.holder:
                 return Outcome.HELD
-            if nonblock or (deadline is not None and self._clock() >= deadline):
+            if nonblock:
+                if d.rank >= self.slots:
+                    return Outcome.TIMEOUT
+                # entitled to a slot, only waiting for the contender ahead to finish its own
+                # promotion put (milliseconds): --nonblock means "no waiting for a holder"
+                nonblock = False
+                grace = self._clock() + NONBLOCK_GRACE
+                deadline = grace if deadline is None else min(deadline, grace)
+            if deadline is not None and self._clock() >= deadline:
                 return Outcome.TIMEOUT
             if d.watch_dir_deletes:
                 w = self.client.watch(
