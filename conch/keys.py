@@ -78,3 +78,105 @@ def prefix_range_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\x00"  # every key
+
+
+# --- cron --------------------------------------------------------------------------------------
+#
+#     {prefix}cron/jobs/{enc(NAME)}                 job definition JSON (no lease)
+#     {prefix}cron/runs/{enc(NAME)}/{tick}          one run record per claimed tick (no lease:
+#                                                   a claim is permanent, a tick never reruns)
+#     {prefix}cron/alive/{enc(NAME)}/{tick}         "the run is alive": on the winner's lease
+#
+# {tick} is the tick's Unix time in whole seconds, zero-padded to 12 digits, followed by
+# `.ffffff` (microseconds, trailing zeros removed) only when the tick is not on a whole second:
+# `001700000000`, `001700000000.5`. Keys of one job sort by tick ('.' sorts before digits).
+
+TICK_DIGITS = 12
+
+
+def cron_dir(prefix: str) -> bytes:
+    return f"{normalize_prefix(prefix)}cron/".encode()
+
+
+def cron_jobs_dir(prefix: str) -> bytes:
+    """The range holding every job definition (ends with '/')."""
+    return cron_dir(prefix) + b"jobs/"
+
+
+def cron_job_key(prefix: str, name: str) -> bytes:
+    return cron_jobs_dir(prefix) + encode_name(name).encode()
+
+
+def cron_job_name(prefix: str, key: bytes) -> str:
+    """NAME from a job key (inverse of cron_job_key). Raises ValueError on a foreign key."""
+    d = cron_jobs_dir(prefix)
+    if not key.startswith(d) or b"/" in key[len(d) :] or len(key) == len(d):
+        raise ValueError(f"not a cron job key: {key!r}")
+    return decode_name(key[len(d) :].decode("ascii"))
+
+
+def cron_runs_root(prefix: str) -> bytes:
+    """The range holding the run records of every job (ends with '/')."""
+    return cron_dir(prefix) + b"runs/"
+
+
+def cron_alive_root(prefix: str) -> bytes:
+    """The range holding the alive markers of every job (ends with '/')."""
+    return cron_dir(prefix) + b"alive/"
+
+
+def cron_runs_dir(prefix: str, name: str) -> bytes:
+    """The range holding the run records of job NAME (ends with '/')."""
+    return cron_runs_root(prefix) + encode_name(name).encode() + b"/"
+
+
+def cron_alive_dir(prefix: str, name: str) -> bytes:
+    """The range holding the alive markers of job NAME's running runs (ends with '/')."""
+    return cron_alive_root(prefix) + encode_name(name).encode() + b"/"
+
+
+def tick_token(tick_us: int) -> str:
+    """A tick (Unix time in microseconds, >= 0) as the last segment of a run/alive key."""
+    if tick_us < 0:
+        raise ValueError("a tick before the Unix epoch")
+    seconds, micros = divmod(tick_us, 1_000_000)
+    if seconds >= 10**TICK_DIGITS:
+        raise ValueError("a tick too far in the future")
+    token = f"{seconds:0{TICK_DIGITS}d}"
+    if micros:
+        token += "." + f"{micros:06d}".rstrip("0")
+    return token
+
+
+def parse_tick_token(token: str) -> int:
+    """Inverse of tick_token: Unix time in microseconds. Raises ValueError on a foreign token."""
+    whole, dot, frac = token.partition(".")
+    if (
+        len(whole) != TICK_DIGITS
+        or not whole.isascii()
+        or not whole.isdigit()
+        or (dot and (not frac or len(frac) > 6 or not frac.isdigit() or frac.endswith("0")))
+        or not frac.isascii()
+    ):
+        raise ValueError(f"not a tick token: {token!r}")
+    return int(whole) * 1_000_000 + (int(frac.ljust(6, "0")) if frac else 0)
+
+
+def cron_run_key(prefix: str, name: str, tick_us: int) -> bytes:
+    return cron_runs_dir(prefix, name) + tick_token(tick_us).encode()
+
+
+def cron_alive_key(prefix: str, name: str, tick_us: int) -> bytes:
+    return cron_alive_dir(prefix, name) + tick_token(tick_us).encode()
+
+
+def cron_split_tick_key(root: bytes, key: bytes) -> tuple[str, int]:
+    """(NAME, tick in µs) from a run or alive key under `root` (cron_runs_root/alive_root).
+    Raises ValueError on a key that is not laid out that way."""
+    if not key.startswith(root):
+        raise ValueError(f"not under {root!r}: {key!r}")
+    rest = key[len(root) :].decode("ascii")
+    enc, sep, token = rest.partition("/")
+    if not sep or not enc or "/" in token:
+        raise ValueError(f"not a cron run key: {key!r}")
+    return decode_name(enc), parse_tick_token(token)

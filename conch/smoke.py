@@ -3,7 +3,8 @@
 Against the cluster in CONCH_ENDPOINTS, or, with none set, a 3-member cluster it starts itself
 (and then also the drills). One line per step, then PASS or FAIL; exit 0 only on PASS.
 
-Steps that need a capability conch does not have yet (cron) print SKIP and do not fail.
+The cron steps start their own conchd daemons (beside any deployed ones) and remove the jobs
+they add. A step that cannot run here prints SKIP and does not fail.
 """
 
 from __future__ import annotations
@@ -95,15 +96,18 @@ def basic_steps(env: dict[str, str], tag: str) -> list[tuple[str, Callable[[], s
                     if p.wait(30) != 0:
                         raise StepFailed(f"a sema contender exited {p.returncode}")
 
-    def cron_missing() -> None:
-        raise _Skip("conch cron is not built yet")
+    def cron_once() -> str:
+        return cron_step(env, name, tag)
 
     return [
         (f"conch elect {name} --who (vacant, exit 1)", who_vacant),
         (f"conch elect {name} -- true (acquire, clean exit)", elect_true),
         (f"conch sema {name} --max 2 --who (exit 1)", sema_who),
         (f"conch sema {name} --max 2: 3 contenders -> 2 hold, 1 waits", sema_two),
-        (f"conch cron add {name} --schedule '@every 1m' ... ls ... rm", cron_missing),
+        (
+            f"conch cron add {name} --schedule '@every 3s' -- logger ...; ls: one result; rm",
+            cron_once,
+        ),
     ]
 
 
@@ -180,7 +184,10 @@ def main() -> int:
                 )
             )
             steps.append(
-                ("drill: kill the daemon that won a cron tick mid-run", _cron_drill_missing)
+                (
+                    "drill: kill the daemon that won a cron tick mid-run",
+                    lambda: cron_drill(env, tag),
+                )
             )
         for title, fn in steps:
             t0 = time.monotonic()
@@ -202,8 +209,153 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _cron_drill_missing() -> None:
-    raise _Skip("conch cron is not built yet")
+# --- cron ----------------------------------------------------------------------------------
+
+CONCHD = [sys.executable, "-m", "conch.conchd"]
+
+
+class _Daemons:
+    """conchd processes started by the smoke; logs in a temporary directory."""
+
+    def __init__(self, env: dict[str, str], d: Path) -> None:
+        self.env, self.dir = env, d
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, did: str, ttl: str) -> None:
+        with open(self.dir / f"{did}.log", "wb") as log:
+            self.procs[did] = subprocess.Popen(
+                [*CONCHD, "--id", did, "--ttl", ttl], env=self.env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def log(self, did: str) -> str:
+        return _read(self.dir / f"{did}.log")
+
+    def stop(self, did: str, sig: int = signal.SIGTERM) -> int | None:
+        p = self.procs[did]
+        if p.poll() is None:
+            p.send_signal(sig)
+        try:
+            return p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return None
+
+    def stop_all(self) -> None:
+        for did in self.procs:
+            self.stop(did)
+
+
+def _cron_runs(env: dict[str, str], job: str) -> list[dict[str, object]] | None:
+    """The job's runs from `conch cron ls --json` (None: the job is not listed)."""
+    r = _conch(env, "cron", "ls", "--json")
+    _expect(r, 0)
+    for j in json.loads(r.stdout):
+        if j["name"] == job:
+            return list(j["runs"])
+    return None
+
+
+def cron_step(env: dict[str, str], name: str, tag: str) -> str:
+    """A job on a conchd of our own (deployed daemons may serve it too): one tick later `cron
+    ls` shows exactly one result; `cron rm` removes it."""
+    cmd = 'command -v logger >/dev/null && logger -t conch-smoke "conch smoke $CONCH_TICK"; :'
+    with tempfile.TemporaryDirectory() as d:
+        daemons = _Daemons(env, Path(d))
+        daemons.start(f"smoke-{tag}", "5s")
+        added = False
+        try:
+            _expect(_conch(env, "cron", "add", name, "--schedule", "@every 3s", "--",
+                           "sh", "-c", cmd), 0)  # fmt: skip
+            added = True
+
+            def results() -> list[dict[str, object]]:
+                runs = _cron_runs(env, name) or []
+                return [r for r in runs if r["status"] != "running"]
+
+            _poll(results, 30, "the first result")
+            runs = _cron_runs(env, name) or []
+            if len(runs) != 1 or runs[0]["status"] != "ok" or runs[0]["exit_code"] != 0:
+                raise StepFailed(f"expected exactly one ok result, got {runs}")
+            _expect(_conch(env, "cron", "rm", name), 0)
+            added = False
+            if _cron_runs(env, name) is not None:
+                raise StepFailed("the job is still listed after cron rm")
+            code = daemons.stop(f"smoke-{tag}")
+            if code != 128 + signal.SIGTERM:
+                raise StepFailed(f"conchd exited {code} on SIGTERM: {daemons.log(f'smoke-{tag}')}")
+            return f"tick {runs[0]['tick']} ran on {runs[0]['host']} ({runs[0]['daemon']})"
+        finally:
+            if added:
+                _conch(env, "cron", "rm", name)
+            daemons.stop_all()
+
+
+def cron_drill(env: dict[str, str], tag: str) -> str:
+    """Two conchd (--ttl 3s); the one that won a tick of a slow job is SIGKILLed mid-run: the
+    tick is never rerun, its child is killed (watchdog), and once the dead daemon's lease has
+    expired `cron ls` shows the tick as lost; the survivor goes on with later ticks."""
+    job, ttl = f"drill-{tag}", 3.0
+    with tempfile.TemporaryDirectory() as d:
+        started, once, slow_pid = Path(d) / "started", Path(d) / "once", Path(d) / "slow_pid"
+        script = (
+            f"echo $CONCH_TICK >> {started}; "
+            f"if [ ! -e {once} ]; then touch {once}; echo $$ > {slow_pid}; exec sleep 300; fi"
+        )
+        daemons = _Daemons(env, Path(d))
+        ids = [f"drill-a-{tag}", f"drill-b-{tag}"]
+        for did in ids:
+            daemons.start(did, "3s")
+        try:
+            _expect(_conch(env, "cron", "add", job, "--schedule", "@every 1s", "--",
+                           "sh", "-c", script), 0)  # fmt: skip
+            pid = int(str(_poll(lambda: _read(slow_pid).strip(), 30, "the slow run")))
+            tick = _read(started).split()[0]
+
+            def winner() -> object:
+                for r in _cron_runs(env, job) or []:
+                    if r["tick"] == tick:
+                        return r["daemon"]
+                return None
+
+            won = str(_poll(winner, 30, "the slow run's record"))
+            if won not in ids:
+                raise StepFailed(f"tick {tick} was won by {won!r}, not by a drill daemon")
+            daemons.stop(won, signal.SIGKILL)
+            t0 = time.monotonic()
+            _poll(lambda: not _alive(pid), 15, "the dead daemon's child to be killed")
+
+            def lost() -> bool:
+                return any(
+                    r["tick"] == tick and r["status"] == "lost" for r in _cron_runs(env, job) or []
+                )
+
+            _poll(lost, ttl + 30, f"tick {tick} shown as lost")
+            took = time.monotonic() - t0
+
+            def later_ok() -> bool:
+                runs = _cron_runs(env, job) or []
+                return any(r["status"] == "ok" and str(r["tick"]) > tick for r in runs)
+
+            _poll(later_ok, 30, "a later tick run by the survivor")
+            ran = _read(started).split()
+            if ran.count(tick) != 1 or len(ran) != len(set(ran)):
+                raise StepFailed(f"a tick ran twice: {ran}")
+            rec = next(r for r in _cron_runs(env, job) or [] if r["tick"] == tick)
+            if rec["exit_code"] is not None or rec["finished"] is not None:
+                raise StepFailed(f"the lost tick has a result: {rec}")
+            table = _conch(env, "cron", "ls")
+            if "lost" not in table.stdout:
+                raise StepFailed(f"no lost row in cron ls:\n{table.stdout}")
+            _expect(_conch(env, "cron", "rm", job), 0)
+            return (
+                f"winner {won} killed; tick {tick} never rerun, shown lost {took:.1f}s later "
+                f"(TTL {ttl:g}s); the survivor ran later ticks"
+            )
+        finally:
+            _conch(env, "cron", "rm", job)
+            daemons.stop_all()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,809 @@
+"""conchd: the cron daemon. Any number of them serve one etcd; each tick runs on exactly one.
+
+    conchd [GLOBAL OPTIONS] [--id ID] [--ttl 10s] [--metrics-addr HOST:PORT]
+
+One daemon = one lease (conch.session.Session, --ttl), a watch on the job definitions, a
+scheduler loop in the main thread, and one thread per run. At each tick every daemon tries the
+claim transaction (conch.cron.claim); the winner runs CMD in its own process group with
+CONCH_JOB, CONCH_TICK and CONCH_REV, logs its output line by line prefixed with the job name,
+and writes the result. The design and every decision are in docs/cron.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from conch import __version__, cron, keys
+from conch.client import Client, EtcdAuthError, EtcdError, Watch, WatchCompacted
+from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError, child_exit_code
+from conch.holder import rfc3339
+
+log = logging.getLogger("conch.conchd")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MAX_WAIT = 0.25  # longest sleep of the scheduler loop (it also waits on the job watch)
+CLAIM_TIMEOUT = 5.0  # longest single claim transaction
+RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
+MAX_LINE = 8192  # longer output lines are logged in pieces
+_NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+# ---------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------
+
+
+def parse_metrics_addr(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (every interface) -> (host, port). UsageError."""
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        ok = bool(sep and host and port)
+    else:
+        host, sep, port = t.rpartition(":")
+        ok = bool(sep) and ":" not in host
+    if not ok or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--metrics-addr: expected HOST:PORT (port 1-65535), got {text!r}")
+    return host or "0.0.0.0", int(port)
+
+
+class NoMetrics:
+    """The metrics interface when --metrics-addr is not given: does nothing."""
+
+    def claim(self, job: str, result: str) -> None: ...
+    def run(self, job: str, outcome: str, duration: float | None = None) -> None: ...
+    def lag(self, job: str, seconds: float) -> None: ...
+    def running(self, delta: int) -> None: ...
+    def session(self, up: bool) -> None: ...
+
+
+class Metrics(NoMetrics):
+    """Prometheus metrics on HOST:PORT (prometheus_client is imported only here)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import prometheus_client as pc
+
+        self._claims = pc.Counter(
+            "conchd_claims",
+            "Tick claims tried by this daemon: result=won (this daemon claimed the tick) or "
+            "lost (another daemon had claimed it)",
+            ["job", "result"],
+        )
+        self._runs = pc.Counter(
+            "conchd_runs",
+            "Ticks this daemon won, by outcome: ok, failed (non-zero exit, timeout, cannot "
+            "run) or skipped (--overlap forbid and the previous run still alive)",
+            ["job", "outcome"],
+        )
+        self._lag = pc.Histogram(
+            "conchd_tick_lag_seconds",
+            "From the scheduled tick to the start of the child",
+            ["job"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self._duration = pc.Histogram(
+            "conchd_run_duration_seconds",
+            "Run duration, from the start of the child to its exit",
+            ["job"],
+            buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400),
+        )
+        self._running = pc.Gauge("conchd_running_runs", "Runs in progress on this daemon")
+        self._session = pc.Gauge(
+            "conchd_session_up", "1 while this daemon holds a lease it trusts (it claims ticks)"
+        )
+        try:
+            pc.start_http_server(port, addr=host)
+        except OSError as e:
+            raise UsageError(f"--metrics-addr: cannot listen on {host}:{port}: {e}") from None
+
+    def claim(self, job: str, result: str) -> None:
+        self._claims.labels(job=job, result=result).inc()
+
+    def run(self, job: str, outcome: str, duration: float | None = None) -> None:
+        self._runs.labels(job=job, outcome=outcome).inc()
+        if duration is not None:
+            self._duration.labels(job=job).observe(duration)
+
+    def lag(self, job: str, seconds: float) -> None:
+        self._lag.labels(job=job).observe(max(seconds, 0.0))
+
+    def running(self, delta: int) -> None:
+        self._running.inc(delta)
+
+    def session(self, up: bool) -> None:
+        self._session.set(1 if up else 0)
+
+
+# ---------------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------------
+
+
+class OutputReader(threading.Thread):
+    """Reads the child's stdout+stderr pipe: logs each line with the job name, keeps the tail."""
+
+    def __init__(self, fd: int, job: str) -> None:
+        super().__init__(name=f"output {job}", daemon=True)
+        self.fd, self.job = fd, job
+        self._tail = bytearray()
+        self._tail_lock = threading.Lock()
+
+    def _emit(self, line: bytes) -> None:
+        log.info("[%s] %s", self.job, line.decode("utf-8", "replace").rstrip("\r"))
+
+    def run(self) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                with self._tail_lock:
+                    self._tail += chunk
+                    if len(self._tail) > cron.TAIL_BYTES:
+                        del self._tail[: len(self._tail) - cron.TAIL_BYTES]
+                buf += chunk
+                while (i := buf.find(b"\n")) >= 0:
+                    self._emit(bytes(buf[:i]))
+                    del buf[: i + 1]
+                if len(buf) > MAX_LINE:
+                    self._emit(bytes(buf))
+                    buf.clear()
+            if buf:
+                self._emit(bytes(buf))
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+    def tail(self) -> str:
+        with self._tail_lock:
+            data = bytes(self._tail)
+        if len(data) >= cron.TAIL_BYTES:  # cut at a character boundary where we can
+            i = 0
+            while i < 3 and i < len(data) and 0x80 <= data[i] <= 0xBF:
+                i += 1
+            data = data[i:]
+        return data.decode("utf-8", "replace")
+
+
+class Run:
+    """One claimed tick being run by this daemon (its own thread)."""
+
+    def __init__(self, daemon: Daemon, job: cron.Job, us: int, c: cron.Claim, lease: int) -> None:
+        assert c.record is not None
+        self.daemon, self.job, self.us = daemon, job, us
+        self.rev = c.revision  # CONCH_REV; also the running record's mod revision
+        self.record = c.record
+        self.lease = lease  # the lease the alive marker is attached to
+        self.done = False
+        self.thread = threading.Thread(
+            target=self._main, name=f"run {job.name} {keys.tick_token(us)}", daemon=True
+        )
+
+    @property
+    def label(self) -> str:
+        return f"job {self.job.name!r} tick {cron.format_tick(self.us)}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _main(self) -> None:
+        self.daemon.metrics.running(+1)
+        try:
+            rec = self._execute()
+            self._write(rec)
+        except Exception:  # a run thread must never die silently
+            log.exception("%s: internal error", self.label)
+        finally:
+            self.done = True
+            self.daemon.metrics.running(-1)
+            self.daemon.run_finished(self)
+
+    def _execute(self) -> cron.RunRecord:
+        from conch.supervisor import Child
+        from conch.watchdog import Watchdog
+
+        job, d = self.job, self.daemon
+        env = dict(os.environ)
+        env.update(
+            CONCH_JOB=job.name, CONCH_TICK=cron.format_tick(self.us), CONCH_REV=str(self.rev)
+        )
+        t0, m0 = time.time(), time.monotonic()
+        d.metrics.lag(job.name, t0 - self.us / 1e6)
+        rec = replace(self.record, rev=self.rev, started=rfc3339(t0))
+        try:
+            popen = subprocess.Popen(
+                list(job.cmd),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, ValueError) as e:
+            code = 127 if isinstance(e, OSError) and e.errno in _NOT_FOUND else 126
+            why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            msg = f"cannot run {job.cmd[0]!r}: {why}"
+            log.warning("%s: %s", self.label, msg)
+            return replace(
+                rec, status="failed", exit_code=code, finished=rfc3339(time.time()),
+                duration=0.0, reason=msg, output=msg,
+            )  # fmt: skip
+        child = Child(popen)
+        assert popen.stdout is not None
+        reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
+        popen.stdout.close()
+        wd = None
+        try:  # kills the group if conchd dies (SIGKILL, OOM): no orphan outlives its daemon
+            wd = Watchdog.start(child.pgid, job.kill_after, math.inf)
+        except (OSError, ValueError) as e:
+            log.warning("%s: no watchdog for the child (%s)", self.label, e)
+        log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
+                 shlex.join(job.cmd))  # fmt: skip
+        reader.start()
+        deadline = None if job.timeout is None else m0 + job.timeout
+        how, reason = "exited", ""
+        while True:
+            rc = child.wait(0.1)
+            if rc is not None:
+                break
+            if d.stopping.is_set():
+                s = d.stop_signal or signal.SIGTERM
+                how = "interrupted"
+                reason = f"conchd stopping ({signal.Signals(s).name}): signal forwarded"
+                log.warning("%s: %s; SIGKILL after %ss", self.label, reason, job.kill_after)
+                rc = child.terminate_group(job.kill_after, sig=s)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                how = "timeout"
+                reason = f"--timeout {job.timeout:g}s passed: SIGTERM, SIGKILL after --kill-after"
+                log.warning("%s: %s (%ss)", self.label, reason, job.kill_after)
+                rc = child.terminate_group(job.kill_after)
+                break
+        duration = time.monotonic() - m0
+        finished = time.time()
+        child.reap_group(job.kill_after)  # grandchildren left behind get TERM, then KILL
+        if wd is not None:
+            wd.disarm()
+        reader.join(2.0)  # a process that escaped the group may hold the pipe: do not wait
+        code = child_exit_code(rc)
+        status = cron.result_status(code)
+        log.info("%s: %s with %d after %.3fs", self.label, status, code, duration)
+        d.metrics.run(job.name, status, duration)
+        return replace(
+            rec, status=status, exit_code=code, finished=rfc3339(finished),
+            duration=round(duration, 3), timed_out=how == "timeout", reason=reason,
+            output=reader.tail(),
+        )  # fmt: skip
+
+    def _write(self, rec: cron.RunRecord) -> None:
+        """Record the result; etcd may be down for a while: retry until written (when conchd
+        is stopping, give up after RESULT_GRACE)."""
+        d = self.daemon
+        delay, warned, give_up = 0.2, False, None
+        while True:
+            try:
+                cron.finish(d.client, d.prefix, self.job.name, self.us, rec, timeout=CLAIM_TIMEOUT)
+                if warned:
+                    log.info("%s: result recorded", self.label)
+                break
+            except EtcdError as e:
+                now = time.monotonic()
+                if d.stopping.is_set():
+                    give_up = give_up or now + RESULT_GRACE
+                    if now >= give_up:
+                        log.error("%s: result NOT recorded (%s): %s", self.label, rec.status, e)
+                        return
+                if not warned:
+                    log.warning("%s: cannot record the result yet (%s); retrying", self.label, e)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        d.housekeeper.request(self.job.name)
+
+
+# ---------------------------------------------------------------------------------------
+# history pruning, off the scheduler thread
+# ---------------------------------------------------------------------------------------
+
+
+class Housekeeper(threading.Thread):
+    """Prunes a job's history (conch.cron.prune_history) after ticks this daemon won."""
+
+    def __init__(self, client: Client, prefix: str) -> None:
+        super().__init__(name="housekeeper", daemon=True)
+        self.client, self.prefix = client, prefix
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+
+    def request(self, job: str) -> None:
+        with self._pending_lock:
+            self._pending.add(job)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._pending_lock:
+                jobs, self._pending = self._pending, set()
+            for job in sorted(jobs):
+                if self._halt.is_set():
+                    return
+                try:
+                    n = cron.prune_history(self.client, self.prefix, job)
+                    if n:
+                        log.debug("job %r: pruned %d old run record(s)", job, n)
+                except EtcdError as e:
+                    log.debug("job %r: pruning failed (%s); later", job, e)
+
+
+# ---------------------------------------------------------------------------------------
+# the daemon
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobState:
+    job: cron.Job
+    rev: int  # mod revision of the definition the schedule comes from
+    schedule: Any  # conch.schedule.Schedule
+    due: datetime  # the next tick to try (aware, UTC)
+    retry_at: float = 0.0  # time.time() before which a failed claim is not retried
+
+
+class Daemon:
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        daemon_id: str,
+        ttl: float,
+        metrics: NoMetrics,
+    ) -> None:
+        self.client, self.prefix, self.id, self.ttl = client, prefix, daemon_id, ttl
+        self.metrics = metrics
+        self.host = socket.gethostname()
+        self.started = datetime.now(UTC)
+        self.jobs: dict[str, JobState] = {}
+        self.runs: dict[tuple[str, int], Run] = {}
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.stop_signal: int | None = None
+        self.session: Any = None  # conch.session.Session
+        self._stale: list[int] = []  # leases given up during an outage: revoke when possible
+        self._watch: Watch | None = None
+        self._fail_delay = 0.5
+        self._outage_logged = False
+        self.housekeeper = Housekeeper(client, prefix)
+        self._jobs_dir = keys.cron_jobs_dir(prefix)
+
+    # -- signals ---------------------------------------------------------------------------
+    def on_signal(self, signum: int, _frame: object = None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        self.stopping.set()
+
+    # -- main loop -------------------------------------------------------------------------
+    def serve(self) -> int:
+        log.info(
+            "conchd %s: id %s, prefix %s, lease TTL %gs, endpoints %s",
+            __version__, self.id, self.prefix, self.ttl, ",".join(self.client.config.endpoints),
+        )  # fmt: skip
+        self.housekeeper.start()
+        while not self.stopping.is_set():
+            try:
+                ok = self._step()
+            except EtcdError as e:  # belt and braces: every etcd call below handles its own
+                log.warning("etcd error: %s; retrying", e)
+                ok = False
+            except Exception:  # a bug must not stop a daemon that serves other jobs
+                log.exception("internal error in the scheduler loop; going on")
+                ok = False
+            if ok:
+                self._fail_delay = 0.5
+            else:
+                self.stopping.wait(self._fail_delay)
+                self._fail_delay = min(self._fail_delay * 2, 5.0)
+        return self._shutdown()
+
+    def _step(self) -> bool:
+        """One pass: lease, re-attach, job list/watch, wait for the next tick or an event,
+        claim what is due. False: etcd trouble, back off."""
+        if not self._ensure_session():
+            return False
+        self._reattach()
+        if self._watch is None and not self._relist():
+            return False
+        self._drain(self._wait_time())
+        self._claim_due()
+        return True
+
+    def _outage(self, what: str, e: Exception) -> None:
+        if not self._outage_logged:
+            log.warning("%s: %s; retrying (running children are not affected)", what, e)
+            self._outage_logged = True
+        else:
+            log.debug("%s: %s", what, e)
+
+    # -- lease ---------------------------------------------------------------------------------
+    def _ensure_session(self) -> bool:
+        from conch.session import Session
+
+        s = self.session
+        if s is not None:
+            if s.is_trusted():
+                return True
+            reason = s.loss_reason or "no keepalive acknowledged in time"
+            s.mark_lost(reason)
+            with self._lock:
+                n = sum(1 for r in self.runs.values() if not r.done)
+            log.warning(
+                "lease %x lost (%s): claiming no ticks until a new lease is granted; "
+                "%d run(s) of this daemon go on (shown as lost until etcd answers again)",
+                s.lease_id, reason, n,
+            )  # fmt: skip
+            self.metrics.session(False)
+            if not s.close(revoke=True):
+                self._stale.append(s.lease_id)
+            self.session = None
+        for lease_id in list(self._stale):
+            try:
+                self.client.lease_revoke(lease_id, timeout=2.0)
+                self._stale.remove(lease_id)
+            except EtcdError as e:
+                log.debug("revoke of stale lease %x failed: %s", lease_id, e)
+        try:
+            s = Session(self.client, self.ttl, probe_key=self._jobs_dir).open()
+        except EtcdAuthError as e:
+            self._outage("etcd refused the lease", e)
+            return False
+        except EtcdError as e:
+            self._outage("etcd unreachable", e)
+            return False
+        self.session = s
+        self._outage_logged = False
+        self.metrics.session(True)
+        log.info("lease %x granted (TTL %ds)", s.lease_id, s.granted_ttl)
+        return True
+
+    def _reattach(self) -> None:
+        s = self.session
+        with self._lock:
+            runs = [r for r in self.runs.values() if not r.done and r.lease != s.lease_id]
+        for r in runs:
+            try:
+                ok = cron.reattach(
+                    self.client, self.prefix, r.job.name, r.us, r.rev, self.id, s.lease_id,
+                    timeout=CLAIM_TIMEOUT,
+                )  # fmt: skip
+            except EtcdError as e:
+                log.debug("%s: re-attach failed: %s", r.label, e)
+                return
+            r.lease = s.lease_id
+            if ok:
+                log.info("%s: still running: alive again on lease %x", r.label, s.lease_id)
+
+    # -- job definitions -------------------------------------------------------------------
+    def _relist(self) -> bool:
+        end = keys.prefix_range_end(self._jobs_dir)
+        try:
+            kvs, rev = self.client.get_range(self._jobs_dir, end)
+            w = self.client.watch(self._jobs_dir, end, start_revision=rev + 1)
+        except EtcdError as e:
+            self._outage("cannot list the jobs", e)
+            return False
+        seen = set()
+        for kv in kvs:
+            name = self._apply_put(kv)
+            if name is not None:
+                seen.add(name)
+        for name in list(self.jobs):
+            if name not in seen:
+                self._remove(name)
+        self._watch = w
+        log.debug("watching %d job(s) from revision %d", len(self.jobs), rev + 1)
+        return True
+
+    def _apply_put(self, kv: Any) -> str | None:
+        from conch.schedule import Schedule
+
+        try:
+            name = keys.cron_job_name(self.prefix, kv.key)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        cur = self.jobs.get(name)
+        if cur is not None and cur.rev == kv.mod_revision:
+            return name
+        try:
+            job = cron.Job.from_json(name, kv.value)
+            sched = Schedule.parse(job.schedule, job.tz)
+            due = sched.next_after(datetime.now(UTC))
+        except (ValueError, OverflowError) as e:
+            log.warning("job %r: ignored: %s", name, e)
+            self.jobs.pop(name, None)
+            return None
+        self.jobs[name] = JobState(job, kv.mod_revision, sched, due)
+        log.info(
+            "job %r %s: %s%s, next tick %s", name, "added" if cur is None else "changed",
+            job.schedule, "" if job.tz == "UTC" else f" ({job.tz})",
+            cron.format_tick(cron.tick_us(due)),
+        )  # fmt: skip
+        return name
+
+    def _remove(self, name: str) -> None:
+        if self.jobs.pop(name, None) is not None:
+            log.info("job %r removed (a run in progress finishes)", name)
+
+    def _drain(self, timeout: float) -> None:
+        w = self._watch
+        assert w is not None
+        try:
+            events = w.get(timeout)
+        except WatchCompacted as e:
+            log.info("job watch: %s; listing again", e)
+            w.cancel()
+            self._watch = None
+            return
+        except EtcdError as e:
+            log.warning("job watch failed: %s; listing again", e)
+            w.cancel()
+            self._watch = None
+            return
+        from conch.client import EventType
+
+        for ev in events:
+            if ev.type is EventType.PUT:
+                self._apply_put(ev.kv)
+            else:
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    self._remove(keys.cron_job_name(self.prefix, ev.kv.key))
+
+    def _wait_time(self) -> float:
+        now = time.time()
+        t = MAX_WAIT
+        for st in self.jobs.values():
+            at = max(st.due.timestamp(), st.retry_at)
+            t = min(t, at - now)
+        return max(t, 0.0)
+
+    # -- claims ----------------------------------------------------------------------------
+    def _claim_due(self) -> None:
+        s = self.session
+        for name in sorted(self.jobs):
+            st = self.jobs.get(name)
+            if st is None or self.stopping.is_set():
+                return
+            now = datetime.now(UTC)
+            if st.due > now or time.time() < st.retry_at:
+                continue
+            following = st.schedule.next_after(st.due)
+            if following <= now:  # this daemon fell behind: only the newest due tick counts
+                passed = st.schedule.ticks_between(st.due, now)
+                log.debug("job %r: %d tick(s) passed unclaimed here", name, len(passed))
+                st.due = passed[-1]
+                following = st.schedule.next_after(st.due)
+            if s is None or not s.is_trusted():
+                return
+            us = cron.tick_us(st.due)
+            left = following.timestamp() - time.time()
+            try:
+                c = cron.claim(
+                    self.client, self.prefix, st.job, st.rev, us, daemon=self.id,
+                    host=self.host, lease=s.lease_id, now=rfc3339(time.time()),
+                    timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
+                )  # fmt: skip
+            except EtcdError as e:
+                if "lease not found" in str(e):
+                    s.mark_lost(f"lease {s.lease_id:x} not found")
+                    return
+                log.warning("job %r tick %s: claim failed: %s; retrying", name,
+                            cron.format_tick(us), e)  # fmt: skip
+                st.retry_at = time.time() + 0.5
+                continue
+            st.due, st.retry_at = following, 0.0
+            self._claimed(st.job, us, c, s.lease_id)
+
+    def _claimed(self, job: cron.Job, us: int, c: cron.Claim, lease: int) -> None:
+        label = f"job {job.name!r} tick {cron.format_tick(us)}"
+        if c.outcome == "won":
+            self.metrics.claim(job.name, "won")
+            r = Run(self, job, us, c, lease)
+            with self._lock:
+                self.runs[(job.name, us)] = r
+            r.start()
+        elif c.outcome == "skipped":
+            self.metrics.claim(job.name, "won")
+            self.metrics.run(job.name, "skipped")
+            reason = c.record.reason if c.record else ""
+            log.info("%s: skipped: %s (--overlap forbid)", label, reason)
+            self.housekeeper.request(job.name)
+        elif c.outcome == "lost":
+            self.metrics.claim(job.name, "lost")
+            log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
+        else:
+            log.debug("%s: not claimed: the job changed or was removed meanwhile", label)
+
+    def run_finished(self, r: Run) -> None:
+        with self._lock:
+            self.runs.pop((r.job.name, r.us), None)
+
+    # -- shutdown --------------------------------------------------------------------------
+    def _shutdown(self) -> int:
+        sig = self.stop_signal or signal.SIGTERM
+        with self._lock:
+            runs = list(self.runs.values())
+        log.info(
+            "%s: stopping; %d run(s) in progress get %s, then SIGKILL after their --kill-after",
+            signal.Signals(sig).name, len(runs), signal.Signals(sig).name,
+        )  # fmt: skip
+        if self._watch is not None:
+            self._watch.cancel()
+        for r in runs:
+            r.thread.join(r.job.kill_after + RESULT_GRACE + 10.0)
+        self.housekeeper.stop()
+        if self.session is not None:
+            self.session.close(revoke=True)
+        log.info("stopped")
+        return 128 + sig
+
+
+# ---------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("conchd: %(message)s"))
+    root = logging.getLogger("conch")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+
+
+def _validate_id(daemon_id: str) -> str:
+    if not daemon_id or len(daemon_id) > 256:
+        raise UsageError("--id: must be 1 to 256 characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in daemon_id):
+        raise UsageError("--id: contains a control character")
+    return daemon_id
+
+
+def _command() -> click.Command:
+    from conch.cli import CMD_SETTINGS, _global_options, _globals
+
+    @click.command(context_settings=CMD_SETTINGS)
+    @click.option(
+        "--id",
+        "daemon_id",
+        metavar="ID",
+        help="this daemon's id in run records [default: HOST:PID]",
+    )
+    @click.option(
+        "--ttl",
+        default="10s",
+        show_default=True,
+        metavar="D",
+        help="lease TTL: a dead daemon's runs show as lost after this",
+    )
+    @click.option(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on HOST:PORT (/metrics)",
+    )
+    @_global_options
+    @click.pass_context
+    def conchd(
+        ctx: click.Context, daemon_id: str | None, ttl: str, metrics_addr: str | None,
+        **kw: Any,
+    ) -> int:  # fmt: skip
+        """The conch cron daemon: runs each tick of every `conch cron` job on exactly one of
+        any number of conchd instances.
+
+        Global options also from the environment (CONCH_ENDPOINTS, CONCH_PREFIX, ...).
+        SIGTERM/SIGINT/SIGHUP: stop claiming, forward the signal to running jobs, SIGKILL
+        after their --kill-after, record their results, exit 128+S.
+        """
+        from conch import options
+
+        g, verbose, quiet = _globals(ctx, kw)
+        _setup_logging(verbose, quiet)
+        _state["verbose"] = verbose
+        ttl_s = options.duration(ttl, "--ttl", minimum=1.0)
+        did = _validate_id(daemon_id if daemon_id is not None else
+                           f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
+        prefix = options.prefix(g)
+        cfg = options.client_config(g)
+        addr = parse_metrics_addr(metrics_addr) if metrics_addr is not None else None
+        metrics: NoMetrics = Metrics(*addr) if addr is not None else NoMetrics()
+        if addr is not None:
+            log.info("metrics on http://%s:%d/metrics", *addr)
+        with contextlib.suppress(ValueError):  # children must be reapable (not auto-reaped)
+            if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        client = Client(cfg)
+        daemon = Daemon(client, prefix, did, ttl_s, metrics)
+        old = {s: signal.signal(s, daemon.on_signal) for s in STOP_SIGNALS}
+        try:
+            try:
+                client.connect()
+            except EtcdAuthError as e:
+                raise ConchError(f"etcd refused the credentials: {e}", EXIT_UNAVAILABLE) from None
+            except EtcdError as e:  # a daemon waits for etcd (e.g. at boot)
+                log.warning("etcd unreachable at %s: %s; retrying", ",".join(cfg.endpoints), e)
+            return daemon.serve()
+        finally:
+            client.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    return conchd
+
+
+_state: dict[str, bool] = {"verbose": False}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"conchd: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    cmd: Callable[..., Any] = _command()
+    try:
+        rv = cmd.main(args=argv, prog_name="conchd", standalone_mode=False)  # type: ignore[attr-defined]
+    except click.UsageError as e:
+        msg = e.format_message()
+        _fail(msg.splitlines()[0] if msg else "usage error", 2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except ConchError as e:
+        if _state["verbose"]:
+            log.exception("details")
+        _fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as e:
+        if _state["verbose"]:
+            raise
+        _fail(f"internal error: {e!r} (run with -v for details)", 1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

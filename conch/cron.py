@@ -1,0 +1,553 @@
+"""cron: job definitions, tick claims, run records, history and listing (docs/cron.md).
+
+Keys (conch.keys, all under the user's prefix):
+
+    cron/jobs/{enc(NAME)}            job definition JSON, no lease
+    cron/runs/{enc(NAME)}/{tick}     run record JSON, one per claimed tick, no lease (permanent)
+    cron/alive/{enc(NAME)}/{tick}    alive marker of a running run, on the winner daemon's lease
+
+A claim is one transaction: *if create_revision(run key) == 0 and mod_revision(job key) is
+the definition the daemon scheduled from, then put the run record (status running) and the
+alive marker*. Exactly one daemon can win a tick, and a run key is only deleted (history
+pruning, `cron rm`) once no daemon can still claim its tick, so a tick never runs twice. The
+winner rewrites the record with the result and deletes the marker in one transaction. The
+status shown by `cron ls` is derived: a record still saying `running` whose marker is gone
+(the winner's lease expired) is `lost`.
+
+The pure parts (records, status derivation, history pruning choice, tick formatting) are at
+the top; the etcd operations (all through conch.client) below.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from conch import __version__, keys
+from conch.client import Client, Compare, KeyValue, Op
+
+HISTORY = 20  # run records kept per job (the newest; alive runs are never pruned)
+TAIL_BYTES = 4096  # output tail stored in a run record
+OVERLAP_CHOICES = ("forbid", "allow")
+STORED_STATUSES = ("running", "ok", "failed", "skipped")
+STATUSES = ("running", "ok", "failed", "lost", "skipped")
+
+
+class JobExists(Exception):
+    """`cron add` of a name that already has a definition (without --replace)."""
+
+
+# ---------------------------------------------------------------------------------------
+# pure: ticks, jobs, run records, status, pruning
+# ---------------------------------------------------------------------------------------
+
+
+def tick_us(t: datetime) -> int:
+    """An aware datetime as integer Unix microseconds (exact: no float rounding)."""
+    delta = t.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def tick_datetime(us: int) -> datetime:
+    from datetime import timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def format_tick(us: int) -> str:
+    """A tick as RFC 3339 UTC: whole seconds as `2026-01-02T03:04:05Z`, else with the fraction
+    (`...05.5Z`). Used for CONCH_TICK and the `tick`/`next_tick` fields."""
+    t = tick_datetime(us)
+    out = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        out += "." + f"{t.microsecond:06d}".rstrip("0")
+    return out + "Z"
+
+
+def _as_float(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return None
+    return v
+
+
+def _as_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    schedule: str
+    tz: str
+    cmd: tuple[str, ...]
+    timeout: float | None = None  # seconds; None: no limit
+    kill_after: float = 10.0
+    overlap: str = "forbid"
+    created: str = ""  # RFC 3339, when `cron add` wrote it
+    host: str = ""  # where `cron add` ran
+    version: str = ""  # conch version that wrote it
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["cmd"] = list(self.cmd)
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, name: str, raw: bytes) -> Job:
+        """The definition stored under NAME's key. The key's NAME wins over the JSON's.
+        Raises ValueError for a damaged or foreign value."""
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"job {name!r}: not a job definition ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"job {name!r}: not a job definition")
+        schedule, tz, cmd = d.get("schedule"), d.get("tz", "UTC"), d.get("cmd")
+        if not isinstance(schedule, str) or not isinstance(tz, str):
+            raise ValueError(f"job {name!r}: no schedule")
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+            raise ValueError(f"job {name!r}: no command")
+        timeout = _as_float(d.get("timeout"))
+        kill_after = _as_float(d.get("kill_after"))
+        overlap = d.get("overlap", "forbid")
+        if overlap not in OVERLAP_CHOICES:
+            raise ValueError(f"job {name!r}: bad overlap {overlap!r}")
+        return cls(
+            name=name,
+            schedule=schedule,
+            tz=tz,
+            cmd=tuple(cmd),
+            timeout=timeout if timeout is not None and timeout > 0 else None,
+            kill_after=kill_after if kill_after is not None and kill_after >= 0 else 10.0,
+            overlap=overlap,
+            created=_as_str(d.get("created")) or "",
+            host=_as_str(d.get("host")) or "",
+            version=_as_str(d.get("version")) or "",
+        )
+
+
+@dataclass
+class RunRecord:
+    """The value of a run key. `status` is what the winner wrote (running, ok, failed,
+    skipped); what `cron ls` shows comes from :func:`derive_status`."""
+
+    tick: str  # RFC 3339 (format_tick)
+    status: str
+    daemon: str  # the winner's --id
+    host: str  # the winner's host name
+    claim: str  # a random id of this claim attempt: recognises our own claim after a retry
+    claimed: str = ""  # RFC 3339: when the claim was made
+    started: str | None = None  # RFC 3339: when the child was spawned (running: the claim)
+    finished: str | None = None
+    duration: float | None = None  # seconds from spawn to exit
+    exit_code: int | None = None  # the child's code; 128+S if killed by signal S
+    rev: int = 0  # the claim revision (CONCH_REV), set in the result
+    timed_out: bool = False
+    reason: str = ""  # why skipped / failed without running / interrupted
+    output: str = ""  # the tail of the child's stdout+stderr
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RunRecord:
+        """Tolerant: a damaged value gives a record with status "" (shown as lost)."""
+        try:
+            d = json.loads(raw.decode("utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            d = {}
+        status = d.get("status")
+        return cls(
+            tick=_as_str(d.get("tick")) or "",
+            status=status if status in STORED_STATUSES else "",
+            daemon=_as_str(d.get("daemon")) or "",
+            host=_as_str(d.get("host")) or "",
+            claim=_as_str(d.get("claim")) or "",
+            claimed=_as_str(d.get("claimed")) or "",
+            started=_as_str(d.get("started")),
+            finished=_as_str(d.get("finished")),
+            duration=_as_float(d.get("duration")),
+            exit_code=_as_int(d.get("exit_code")),
+            rev=_as_int(d.get("rev")) or 0,
+            timed_out=d.get("timed_out") is True,
+            reason=_as_str(d.get("reason")) or "",
+            output=_as_str(d.get("output")) or "",
+        )
+
+
+def new_claim_id() -> str:
+    return uuid.uuid4().hex
+
+
+def derive_status(stored: str, alive: bool) -> str:
+    """What `cron ls` shows for a run: a record that still says running is `running` while its
+    alive marker (on the winner's lease) exists, and `lost` once it is gone — the winner died
+    or could not keep its lease. Results are shown as written. A damaged record is `lost`."""
+    if stored == "running":
+        return "running" if alive else "lost"
+    if stored in ("ok", "failed", "skipped"):
+        return stored
+    return "lost"
+
+
+def result_status(exit_code: int) -> str:
+    return "ok" if exit_code == 0 else "failed"
+
+
+def prune_choice(ticks: Sequence[int], alive: set[int] | frozenset[int], keep: int) -> list[int]:
+    """The ticks whose run records to delete: all but the newest `keep`, oldest first, never
+    one whose run is alive (a long run outlasting `keep` newer ticks keeps its record)."""
+    newest_first = sorted(set(ticks), reverse=True)
+    return sorted(t for t in newest_first[max(keep, 0) :] if t not in alive)
+
+
+def run_doc(us: int, rec: RunRecord, alive: bool) -> dict[str, Any]:
+    """One entry of `runs` in `cron ls --json` (SPEC's fields first; `rev`, `duration`,
+    `daemon`, `timed_out` added)."""
+    return {
+        "tick": format_tick(us),
+        "status": derive_status(rec.status, alive),
+        "exit_code": rec.exit_code,
+        "host": rec.host or None,
+        "started": rec.started,
+        "finished": rec.finished,
+        "duration": rec.duration,
+        "rev": rec.rev or None,
+        "daemon": rec.daemon or None,
+        "timed_out": rec.timed_out,
+    }
+
+
+LAST_IN_TABLE = 5  # results shown per job in the `cron ls` table
+
+
+def format_table(doc: list[dict[str, Any]], last: int = LAST_IN_TABLE) -> list[str]:
+    """The `cron ls` table: a header and one row per job; LAST = the newest results first."""
+    import shlex
+
+    header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST (NEWEST FIRST)", "COMMAND")
+    rows = [header]
+    for j in doc:
+        results = " ".join(r["status"] for r in j["runs"][:last]) or "-"
+        if len(j["runs"]) > last:
+            results += " ..."
+        rows.append(
+            (
+                j["name"],
+                j["schedule"] or "?",
+                j["tz"] or "?",
+                j["next_tick"] or "-",
+                results,
+                shlex.join(j["cmd"]) if j["cmd"] else "(damaged definition)",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# etcd: definitions and listing (conch cron add / ls / rm)
+# ---------------------------------------------------------------------------------------
+
+
+def add_job(client: Client, prefix: str, job: Job, replace: bool) -> int:
+    """Store the definition. Without `replace`, only if NAME has none (else JobExists).
+    Returns the revision written."""
+    key = keys.cron_job_key(prefix, job.name)
+    if replace:
+        return client.put(key, job.to_json())
+    res = client.txn(
+        [Compare(key, "create", "==", 0)],
+        [Op("put", key, job.to_json())],
+        [Op("get", key)],
+    )
+    if not res.succeeded:
+        raise JobExists(job.name)
+    return res.revision
+
+
+@dataclass
+class Snapshot:
+    """Every job definition, run record and alive marker under a prefix, at one revision."""
+
+    revision: int
+    jobs: dict[str, tuple[Job | None, KeyValue]] = field(default_factory=dict)
+    runs: dict[str, dict[int, KeyValue]] = field(default_factory=dict)
+    alive: dict[str, set[int]] = field(default_factory=dict)
+
+
+def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
+    """One read transaction (one revision), so a run that finishes while we read can never be
+    seen as a `running` record without its marker (which would look `lost`)."""
+    if name is None:
+        jobs_key = keys.cron_jobs_dir(prefix)
+        jobs_end: bytes | None = keys.prefix_range_end(jobs_key)
+        runs_key, alive_key = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
+    else:
+        jobs_key, jobs_end = keys.cron_job_key(prefix, name), None
+        runs_key, alive_key = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
+    res = client.txn(
+        [],
+        [
+            Op("get", jobs_key, range_end=jobs_end),
+            Op("get", runs_key, range_end=keys.prefix_range_end(runs_key)),
+            Op("get", alive_key, range_end=keys.prefix_range_end(alive_key)),
+        ],
+    )
+    job_kvs, run_kvs, alive_kvs = (r or [] for r in res.responses)
+    snap = Snapshot(revision=res.revision)
+    for kv in job_kvs:
+        try:
+            jname = keys.cron_job_name(prefix, kv.key)
+        except ValueError:
+            continue
+        try:
+            job: Job | None = Job.from_json(jname, kv.value)
+        except ValueError:
+            job = None
+        snap.jobs[jname] = (job, kv)
+    runs_root, alive_root = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
+    for kv in run_kvs:
+        try:
+            rname, us = keys.cron_split_tick_key(runs_root, kv.key)
+        except ValueError:
+            continue
+        snap.runs.setdefault(rname, {})[us] = kv
+    for kv in alive_kvs:
+        try:
+            aname, us = keys.cron_split_tick_key(alive_root, kv.key)
+        except ValueError:
+            continue
+        snap.alive.setdefault(aname, set()).add(us)
+    return snap
+
+
+def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
+    """`cron ls --json`: one entry per job, by name; runs newest first."""
+    from conch.schedule import Schedule, ScheduleError
+
+    out: list[dict[str, Any]] = []
+    for name in sorted(snap.jobs):
+        job, _kv = snap.jobs[name]
+        next_tick: str | None = None
+        if job is not None:
+            try:
+                nt = Schedule.parse(job.schedule, job.tz).next_after(now)
+                next_tick = format_tick(tick_us(nt))
+            except (ScheduleError, ValueError, OverflowError):
+                next_tick = None
+        alive = snap.alive.get(name, set())
+        runs = [
+            run_doc(us, RunRecord.from_json(kv.value), us in alive)
+            for us, kv in sorted(snap.runs.get(name, {}).items(), reverse=True)
+        ]
+        out.append(
+            {
+                "name": name,
+                "schedule": job.schedule if job else "",
+                "tz": job.tz if job else "",
+                "cmd": list(job.cmd) if job else [],
+                "next_tick": next_tick,
+                "runs": runs,
+                "timeout": job.timeout if job else None,
+                "kill_after": job.kill_after if job else None,
+                "overlap": job.overlap if job else None,
+            }
+        )
+    return out
+
+
+def remove_job(client: Client, prefix: str, name: str) -> bool:
+    """Delete NAME's definition (False if it had none), then its history except the records of
+    runs still alive: those finish, and their winner writes the result (docs/cron.md)."""
+    key = keys.cron_job_key(prefix, name)
+    res = client.txn([Compare(key, "create", "!=", 0)], [Op("delete", key)])
+    prune_history(client, prefix, name, keep=0)
+    return res.succeeded
+
+
+def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
+    """Delete NAME's run records beyond the newest `keep` (never an alive run's). Each delete is
+    guarded by the record's mod revision, so a record rewritten meanwhile (a result) stays.
+    Returns how many were deleted."""
+    runs_dir, alive_dir = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
+    res = client.txn(
+        [],
+        [
+            Op("get", runs_dir, range_end=keys.prefix_range_end(runs_dir)),
+            Op("get", alive_dir, range_end=keys.prefix_range_end(alive_dir)),
+        ],
+    )
+    run_kvs, alive_kvs = (r or [] for r in res.responses)
+    by_tick: dict[int, KeyValue] = {}
+    for kv in run_kvs:
+        try:
+            by_tick[keys.parse_tick_token(kv.key[len(runs_dir) :].decode("ascii"))] = kv
+        except (ValueError, UnicodeDecodeError):
+            continue
+    alive: set[int] = set()
+    for kv in alive_kvs:
+        try:
+            alive.add(keys.parse_tick_token(kv.key[len(alive_dir) :].decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            continue
+    deleted = 0
+    for t in prune_choice(list(by_tick), alive, keep):
+        kv = by_tick[t]
+        # one guarded delete per record: a record rewritten meanwhile (a result) stays
+        r = client.txn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Op("delete", kv.key)])
+        deleted += r.succeeded
+    return deleted
+
+
+# ---------------------------------------------------------------------------------------
+# etcd: the daemon's side (claim, re-attach, result)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    outcome: str  # "won" (run it) | "skipped" (won, recorded skipped) | "lost" | "changed"
+    revision: int = 0  # the claim revision: CONCH_REV, and the running record's mod revision
+    record: RunRecord | None = None
+
+
+def previous_alive(
+    client: Client, prefix: str, name: str, us: int, timeout: float | None = None
+) -> list[int]:
+    """Ticks of NAME's runs that are alive (markers on some daemon's lease), other than `us`."""
+    d = keys.cron_alive_dir(prefix, name)
+    kvs, _ = client.get_range(d, keys.prefix_range_end(d), timeout=timeout)
+    out = []
+    for kv in kvs:
+        try:
+            t = keys.parse_tick_token(kv.key[len(d) :].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if t != us:
+            out.append(t)
+    return out
+
+
+def claim(
+    client: Client,
+    prefix: str,
+    job: Job,
+    job_rev: int,
+    us: int,
+    *,
+    daemon: str,
+    host: str,
+    lease: int,
+    now: str,
+    timeout: float | None = None,
+) -> Claim:
+    """Try to claim tick `us` of `job` (defined at mod revision `job_rev`).
+
+    With overlap forbid, a tick whose previous run of the job is still alive is claimed as
+    `skipped` (the record says so; nothing runs, no marker). The check is a read just before
+    the claim. Safe to retry: a claim the client retried after a lost answer is recognised by
+    its claim id."""
+    run_key = keys.cron_run_key(prefix, job.name, us)
+    alive_key = keys.cron_alive_key(prefix, job.name, us)
+    job_key = keys.cron_job_key(prefix, job.name)
+    busy: list[int] = []
+    if job.overlap == "forbid":
+        busy = previous_alive(client, prefix, job.name, us, timeout=timeout)
+    rec = RunRecord(
+        tick=format_tick(us),
+        status="skipped" if busy else "running",
+        daemon=daemon,
+        host=host,
+        claim=new_claim_id(),
+        claimed=now,
+        started=None if busy else now,
+        reason=(f"previous run (tick {format_tick(max(busy))}) still running" if busy else ""),
+    )
+    ops = [Op("put", run_key, rec.to_json())]
+    if not busy:
+        ops.append(Op("put", alive_key, daemon.encode(), lease=lease))
+    res = client.txn(
+        [Compare(run_key, "create", "==", 0), Compare(job_key, "mod", "==", job_rev)],
+        ops,
+        [Op("get", run_key), Op("get", job_key)],
+        timeout=timeout,
+    )
+    outcome = "skipped" if busy else "won"
+    if res.succeeded:
+        return Claim(outcome, res.revision, rec)
+    run_kvs = res.responses[0] or []
+    if run_kvs:
+        kv = run_kvs[0]
+        if RunRecord.from_json(kv.value).claim == rec.claim:  # ours: an answer was lost
+            return Claim(outcome, kv.create_revision, rec)
+        return Claim("lost", kv.create_revision)
+    return Claim("changed")
+
+
+def reattach(
+    client: Client,
+    prefix: str,
+    name: str,
+    us: int,
+    record_rev: int,
+    daemon: str,
+    lease: int,
+    timeout: float | None = None,
+) -> bool:
+    """After the daemon got a new lease: put the alive marker of a run that is still running
+    back, on the new lease — only if its record is still the running record we wrote."""
+    run_key = keys.cron_run_key(prefix, name, us)
+    alive_key = keys.cron_alive_key(prefix, name, us)
+    res = client.txn(
+        [Compare(run_key, "mod", "==", record_rev)],
+        [Op("put", alive_key, daemon.encode(), lease=lease)],
+        timeout=timeout,
+    )
+    return res.succeeded
+
+
+def finish(
+    client: Client, prefix: str, name: str, us: int, rec: RunRecord, timeout: float | None = None
+) -> int:
+    """Write the result and delete the alive marker, atomically. Returns the revision."""
+    run_key = keys.cron_run_key(prefix, name, us)
+    alive_key = keys.cron_alive_key(prefix, name, us)
+    res = client.txn(
+        [], [Op("put", run_key, rec.to_json()), Op("delete", alive_key)], timeout=timeout
+    )
+    return res.revision
+
+
+def host_record(cmd: Sequence[str], name: str, schedule: str, tz: str, **kw: Any) -> Job:
+    """A Job as `cron add` stores it (stamped with host, time and version)."""
+    import socket
+    import time
+
+    from conch.holder import rfc3339
+
+    return Job(
+        name=name,
+        schedule=schedule,
+        tz=tz,
+        cmd=tuple(cmd),
+        created=rfc3339(time.time()),
+        host=socket.gethostname(),
+        version=__version__,
+        **kw,
+    )

@@ -1,0 +1,495 @@
+"""conch cron and conchd against a real etcd, as real processes: the testing model's cron list.
+
+Every wait polls with a deadline (generous: the box may be busy); the assertions are strict.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import pid_gone, wait_for
+
+from conch import cron, keys
+from conch.client import Client, ClientConfig
+from conch.localetcd import LocalCluster
+
+CONCHD = [sys.executable, "-m", "conch.conchd"]
+SH = "/bin/sh"
+RUN_FIELDS = {"tick", "status", "exit_code", "host", "started", "finished"}
+JOB_FIELDS = {"name", "schedule", "tz", "cmd", "next_tick", "runs"}
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def ts(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+class Daemons:
+    """conchd processes of one test; their logs go to files (never a pipe that could fill)."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env, self.tmp = env, tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, did: str, *args: str, env: dict[str, str] | None = None) -> Any:
+        log = open(self.tmp / f"conchd-{did}.log", "wb")  # noqa: SIM115
+        p = subprocess.Popen(
+            [*CONCHD, "--id", did, *args],
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.procs[did] = p
+        return p
+
+    def log(self, did: str) -> str:
+        return read(self.tmp / f"conchd-{did}.log")
+
+    def stop(self, did: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        p = self.procs[did]
+        if p.poll() is None:
+            p.send_signal(sig)
+        return p.wait(timeout)
+
+    def cleanup(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()  # their watchdogs kill the children
+            p.wait(10)
+
+
+@pytest.fixture
+def daemons(conch_env: dict[str, str], tmp_path: Path) -> Iterator[Daemons]:
+    d = Daemons(conch_env, tmp_path)
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def client(etcd: LocalCluster) -> Iterator[Client]:
+    c = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def ls(conch: Any, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    r = conch.run("cron", "ls", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def runs_of(conch: Any, name: str) -> list[dict[str, Any]]:
+    for j in ls(conch):
+        if j["name"] == name:
+            return j["runs"]
+    return []
+
+
+def records(client: Client, prefix: str, name: str) -> dict[int, cron.RunRecord]:
+    """The run records of NAME straight from etcd (also after `cron rm`), by tick (µs)."""
+    d = keys.cron_runs_dir(prefix, name)
+    kvs, _ = client.get_range(d, keys.prefix_range_end(d))
+    return {
+        keys.parse_tick_token(kv.key[len(d) :].decode()): cron.RunRecord.from_json(kv.value)
+        for kv in kvs
+    }
+
+
+def add(conch: Any, name: str, schedule: str, *args: str) -> None:
+    i = args.index("--") if "--" in args else len(args)
+    r = conch.run("cron", "add", name, "--schedule", schedule, *args[:i], *args[i:])
+    assert r.returncode == 0, r.stderr
+
+
+def no_error(log: str) -> None:
+    assert "Traceback" not in log and "internal error" not in log, log
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_three_daemons_run_each_tick_exactly_once(conch, daemons, tmp_path, client, prefix):
+    out = tmp_path / "ticks"
+    add(
+        conch,
+        "every",
+        "@every 1s",
+        "--",
+        SH,
+        "-c",
+        f'echo "$CONCH_TICK $CONCH_REV $CONCH_JOB" >> {out}',
+    )
+    for i in range(3):
+        daemons.start(f"d{i}", "--ttl", "3s")
+
+    def enough() -> bool:
+        return sum(r["status"] == "ok" for r in runs_of(conch, "every")) >= 6
+
+    wait_for(enough, timeout=60, interval=0.3, what="6 results")
+    for i in range(3):
+        assert daemons.stop(f"d{i}") == 128 + signal.SIGTERM
+        no_error(daemons.log(f"d{i}"))
+
+    doc = ls(conch)
+    (job,) = doc
+    assert set(job) >= JOB_FIELDS
+    assert job["name"] == "every" and job["schedule"] == "@every 1s" and job["tz"] == "UTC"
+    assert job["cmd"][:2] == [SH, "-c"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", job["next_tick"])
+    runs = job["runs"]
+    assert [r["tick"] for r in runs] == sorted((r["tick"] for r in runs), reverse=True)
+    for r in runs:
+        assert set(r) >= RUN_FIELDS
+        assert r["status"] == "ok" and r["exit_code"] == 0, r
+        assert r["host"] and r["started"].endswith("Z") and r["finished"].endswith("Z")
+        assert ts(r["started"]) <= ts(r["finished"])
+        assert ts(r["started"]) >= ts(r["tick"]) - 0.001  # never before its tick
+    # every tick ran exactly once: one child per tick (the file), one record per tick (etcd)
+    lines = [ln.split() for ln in read(out).splitlines()]
+    ran = [t for t, _rev, _job in lines]
+    assert len(ran) == len(set(ran)), f"a tick ran twice: {ran}"
+    recs = records(client, prefix, "every")
+    assert sorted(ran) == sorted(cron.format_tick(us) for us in recs)
+    for t, rev, jobname in lines:
+        (rec,) = [r for us, r in recs.items() if cron.format_tick(us) == t]
+        assert int(rev) == rec.rev and jobname == "every"
+    # no tick between the first and the last one was dropped by three daemons
+    ticks = sorted(recs)
+    assert ticks == list(range(ticks[0], ticks[-1] + 1, 1_000_000)), ticks
+    # the claims were contended: revisions of claims strictly increase with the ticks
+    revs = [recs[t].rev for t in ticks]
+    assert revs == sorted(revs) and len(set(revs)) == len(revs)
+
+
+def test_killed_winner_leaves_a_lost_tick_that_is_never_rerun(
+    conch, daemons, tmp_path, client, prefix
+):
+    started, slow_pid = tmp_path / "started", tmp_path / "slow_pid"
+    once = tmp_path / "once"
+    script = (
+        f"echo $CONCH_TICK >> {started}; "
+        f"if [ ! -e {once} ]; then touch {once}; echo $$ > {slow_pid}; exec sleep 120; fi"
+    )
+    add(conch, "slow", "@every 1s", "--", SH, "-c", script)
+    a = daemons.start("a", "--ttl", "2s")
+    b = daemons.start("b", "--ttl", "2s")
+    pid = int(wait_for(lambda: read(slow_pid).strip(), timeout=60, what="the slow run"))
+    (tick,) = read(started).split()
+    winner = wait_for(
+        lambda: next((r["daemon"] for r in runs_of(conch, "slow") if r["tick"] == tick), None),
+        timeout=30,
+        what="the slow run's record",
+    )
+    survivor = "b" if winner == "a" else "a"
+    daemons.stop(winner, signal.SIGKILL)
+    t_kill = time.monotonic()
+    # the watchdog kills the dead daemon's child group
+    wait_for(lambda: pid_gone(pid), timeout=10, what="the orphaned run killed")
+
+    def lost() -> dict[str, Any] | None:
+        return next(
+            (r for r in runs_of(conch, "slow") if r["tick"] == tick and r["status"] == "lost"),
+            None,
+        )
+
+    rec = wait_for(lost, timeout=30, interval=0.2, what="the tick shown as lost")
+    assert time.monotonic() - t_kill > 1.0  # not before the dead daemon's lease could expire
+    assert rec["exit_code"] is None and rec["finished"] is None and rec["host"]
+    # the survivor goes on with later ticks, and never reruns the claimed one
+    wait_for(
+        lambda: sum(r["status"] == "ok" for r in runs_of(conch, "slow")) >= 2,
+        timeout=30,
+        what="two later runs",
+    )
+    ran = read(started).split()
+    assert ran.count(tick) == 1, ran
+    assert len(ran) == len(set(ran))
+    recs = records(client, prefix, "slow")
+    (lost_rec,) = [r for us, r in recs.items() if cron.format_tick(us) == tick]
+    assert lost_rec.status == "running" and lost_rec.daemon == winner  # no result, ever
+    table = conch.run("cron", "ls")
+    assert table.returncode == 0 and "lost" in table.stdout
+    assert (b if survivor == "b" else a).poll() is None
+    no_error(daemons.log(survivor))
+
+
+def test_rm_during_a_run_lets_it_finish_and_records_the_result(
+    conch, daemons, tmp_path, client, prefix
+):
+    started, release = tmp_path / "started", tmp_path / "release"
+    script = (
+        f"echo $CONCH_TICK >> {started}; "
+        f"while [ ! -e {release} ]; do sleep 0.05; done; echo finished-$CONCH_TICK; exit 3"
+    )
+    add(conch, "rmjob", "@every 1s", "--", SH, "-c", script)
+    daemons.start("d", "--ttl", "3s")
+    tick = wait_for(lambda: read(started).strip(), timeout=60, what="the run")
+    assert conch.run("cron", "rm", "rmjob").returncode == 0
+    assert ls(conch) == []
+    release.touch()
+
+    def result() -> cron.RunRecord | None:
+        for us, rec in records(client, prefix, "rmjob").items():
+            if cron.format_tick(us) == tick and rec.status != "running":
+                return rec
+        return None
+
+    rec = wait_for(result, timeout=30, what="the result of the run")
+    assert rec.status == "failed" and rec.exit_code == 3
+    assert f"finished-{tick}" in rec.output
+    assert rec.started and rec.finished and rec.duration is not None and rec.rev > 0
+    wait_for(lambda: f"[rmjob] finished-{tick}" in daemons.log("d"), what="the output logged")
+    # nothing ran after the job was removed
+    time_after = time.monotonic() + 2.5
+    wait_for(lambda: time.monotonic() > time_after, timeout=5, what="two more ticks")
+    assert read(started).split() == [tick]
+    assert [cron.format_tick(us) for us in records(client, prefix, "rmjob")] == [tick]
+    # removing again: no such job (exit 1) -- and the leftover record is cleaned up
+    r = conch.run("cron", "rm", "rmjob")
+    assert r.returncode == 1 and "no cron job" in r.stderr
+    assert records(client, prefix, "rmjob") == {}
+    no_error(daemons.log("d"))
+
+
+def test_restarted_daemon_claims_no_tick_before_its_start(conch, daemons, tmp_path, client, prefix):
+    add(conch, "rs", "@every 1s", "--", "true")
+    daemons.start("first", "--ttl", "3s")
+    wait_for(
+        lambda: sum(r["status"] == "ok" for r in runs_of(conch, "rs")) >= 2,
+        timeout=60,
+        what="two runs",
+    )
+    assert daemons.stop("first") == 128 + signal.SIGTERM
+    t_stop = time.time()
+    before = set(records(client, prefix, "rs"))
+    wait_for(lambda: time.time() > t_stop + 3.0, timeout=10, what="three ticks to pass")
+    t_start = time.time()
+    daemons.start("second", "--ttl", "3s")
+    wait_for(lambda: len(records(client, prefix, "rs")) >= len(before) + 2, timeout=60,
+             what="two runs by the restarted daemon")  # fmt: skip
+    after = records(client, prefix, "rs")
+    new = sorted(set(after) - before)
+    assert new and all(us / 1e6 >= t_start for us in new), (t_start, new)
+    assert all(after[us].daemon == "second" for us in new)
+    # the ticks while no daemon ran stay unclaimed
+    assert not [us for us in after if t_stop < us / 1e6 < t_start]
+    no_error(daemons.log("second"))
+
+
+def test_overlap_forbid_skips_and_allow_overlaps(conch, daemons, tmp_path):
+    script = "sleep 2.5"
+    add(conch, "forbid", "@every 1s", "--", SH, "-c", script)
+    add(conch, "allow", "@every 1s", "--overlap", "allow", "--", SH, "-c", script)
+    daemons.start("d", "--ttl", "3s")
+
+    def forbid_done() -> bool:
+        runs = runs_of(conch, "forbid")
+        return sum(r["status"] == "ok" for r in runs) >= 2
+
+    max_running = 0
+
+    def allow_overlaps() -> bool:
+        nonlocal max_running
+        n = sum(r["status"] == "running" for r in runs_of(conch, "allow"))
+        max_running = max(max_running, n)
+        return max_running >= 2
+
+    wait_for(allow_overlaps, timeout=60, interval=0.2, what="overlapping runs of 'allow'")
+    wait_for(forbid_done, timeout=60, interval=0.3, what="two runs of 'forbid'")
+    runs = sorted(runs_of(conch, "forbid"), key=lambda r: r["tick"])
+    statuses = [r["status"] for r in runs]
+    assert "skipped" in statuses
+    done = [r for r in runs if r["status"] == "ok"]
+    for prev, nxt in itertools.pairwise(done):  # never two runs at once
+        assert ts(nxt["started"]) >= ts(prev["finished"]), (prev, nxt)
+    for r in runs:
+        if r["status"] == "skipped":
+            assert r["exit_code"] is None and r["started"] is None and r["host"]
+    allow = [r for r in runs_of(conch, "allow") if r["status"] in ("ok", "running")]
+    assert not [r for r in runs_of(conch, "allow") if r["status"] == "skipped"]
+    assert len(allow) >= 2
+    no_error(daemons.log("d"))
+
+
+def test_timeout_sigterm_then_sigkill_after_kill_after(conch, daemons, tmp_path):
+    got = tmp_path / "got_term"
+    stubborn = f"trap 'echo got-term; echo x >> {got}' TERM; while :; do sleep 0.05; done"
+    add(conch, "stubborn", "@every 1s", "--timeout", "1s", "--kill-after", "1s", "--",
+        SH, "-c", stubborn)  # fmt: skip
+    add(conch, "meek", "@every 1s", "--timeout", "1s", "--", "sleep", "30")
+    daemons.start("d", "--ttl", "3s")
+
+    def first_result(name: str) -> dict[str, Any] | None:
+        done = [r for r in runs_of(conch, name) if r["status"] in ("ok", "failed")]
+        return done[-1] if done else None
+
+    s = wait_for(lambda: first_result("stubborn"), timeout=60, interval=0.3, what="stubborn")
+    m = wait_for(lambda: first_result("meek"), timeout=60, interval=0.3, what="meek")
+    assert s["status"] == "failed" and s["exit_code"] == 128 + signal.SIGKILL, s
+    assert s["timed_out"] is True
+    assert 2.0 <= s["duration"] < 6.0  # --timeout 1s, then --kill-after 1s
+    assert read(got)  # SIGTERM came first
+    assert m["status"] == "failed" and m["exit_code"] == 128 + signal.SIGTERM, m
+    assert 1.0 <= m["duration"] < 4.0
+    no_error(daemons.log("d"))
+
+
+def test_usage_errors_write_nothing(conch, etcdctl, prefix):
+    bad = [
+        ("add", "j", "--schedule", "@every 0s", "--", "true"),
+        ("add", "j", "--schedule", "61 * * * *", "--", "true"),
+        ("add", "j", "--schedule", "* * * *", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--tz", "Mars/Olympus", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--timeout", "soon", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--timeout", "0", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--kill-after", "-1s", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--overlap", "sometimes", "--", "true"),
+        ("add", "j", "--schedule", "@daily"),
+        ("add", "j", "--", "true"),
+        ("add", "", "--schedule", "@daily", "--", "true"),
+        ("add", "x" * 129, "--schedule", "@daily", "--", "true"),
+        ("add", "a\tb", "--schedule", "@daily", "--", "true"),
+        ("rm", ""),
+        ("ls", "--bogus"),
+    ]
+    for args in bad:
+        r = conch.run("cron", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("conch: error: "), (args, r.stderr)
+    assert etcdctl("get", "--prefix", "--keys-only", prefix).strip() == ""
+    r = conch.run("cron", "rm", "nosuch")
+    assert r.returncode == 1 and "no cron job 'nosuch'" in r.stderr
+    assert conch.run("cron", "ls").stdout.splitlines()[0].startswith("NAME")
+    assert ls(conch) == []
+
+
+def test_conchd_usage_errors(conch_env):
+    for args in (["--ttl", "0"], ["--ttl", "soon"], ["--metrics-addr", "nope"],
+                 ["--metrics-addr", "127.0.0.1:99999"], ["--id", "a\nb"], ["--bogus"]):  # fmt: skip
+        r = subprocess.run([*CONCHD, *args], env=conch_env, capture_output=True, text=True,
+                           timeout=30)  # fmt: skip
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("conchd: error: ") and len(r.stderr.splitlines()) == 1
+
+
+def test_add_existing_refused_replace_is_picked_up_without_restart(conch, daemons, tmp_path):
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    add(conch, "job", "@every 1s", "--", "touch", str(v1))
+    r = conch.run("cron", "add", "job", "--schedule", "@every 2s", "--", "touch", str(v2))
+    assert r.returncode == 1 and "already exists" in r.stderr
+    (j,) = ls(conch)
+    assert j["schedule"] == "@every 1s" and j["cmd"] == ["touch", str(v1)]
+    d = daemons.start("d", "--ttl", "3s")
+    wait_for(v1.exists, timeout=60, what="v1 ran")
+    r = conch.run("cron", "add", "job", "--replace", "--schedule", "@every 2s", "--tz",
+                  "Europe/Berlin", "--", "touch", str(v2))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (j,) = ls(conch)
+    assert (j["schedule"], j["tz"], j["cmd"]) == ("@every 2s", "Europe/Berlin", ["touch", str(v2)])
+    wait_for(v2.exists, timeout=30, what="the changed job ran")
+    assert d.poll() is None
+    log = daemons.log("d")
+    assert "job 'job' changed" in log
+    # --replace also creates
+    assert (
+        conch.run(
+            "cron", "add", "new", "--replace", "--schedule", "@daily", "--", "true"
+        ).returncode
+        == 0
+    )
+    assert [j["name"] for j in ls(conch)] == ["job", "new"]
+    # a removed job stops running
+    assert conch.run("cron", "rm", "job").returncode == 0
+    wait_for(lambda: "job 'job' removed" in daemons.log("d"), timeout=30, what="removal seen")
+    no_error(daemons.log("d"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics(conch, daemons):
+    add(conch, "m", "@every 1s", "--", "true")
+    port = _free_port()
+    daemons.start("d", "--ttl", "3s", "--metrics-addr", f"127.0.0.1:{port}")
+    wait_for(lambda: any(r["status"] == "ok" for r in runs_of(conch, "m")), timeout=60,
+             what="a run")  # fmt: skip
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def has_run() -> str | None:
+        text = scrape()
+        return text if 'conchd_runs_total{job="m",outcome="ok"}' in text else None
+
+    text = wait_for(has_run, timeout=30, what="metrics of the run")
+
+    def value(line_start: str) -> float:
+        (v,) = [ln.split()[-1] for ln in text.splitlines() if ln.startswith(line_start + " ")]
+        return float(v)
+
+    assert value('conchd_claims_total{job="m",result="won"}') >= 1
+    assert value('conchd_runs_total{job="m",outcome="ok"}') >= 1
+    assert value('conchd_tick_lag_seconds_count{job="m"}') >= 1
+    assert value('conchd_run_duration_seconds_count{job="m"}') >= 1
+    assert value("conchd_session_up") == 1
+    no_error(daemons.log("d"))
+
+
+def test_daemon_survives_an_etcd_outage(conch_cmd, tmp_path, prefix):
+    cluster = LocalCluster(nodes=1).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCH_", "ETCDCTL_"))}
+    env.update(CONCH_ENDPOINTS=cluster.endpoints_csv, CONCH_PREFIX=prefix)
+    d = Daemons(env, tmp_path)
+    out = tmp_path / "ticks"
+    try:
+        r = subprocess.run([*conch_cmd, "cron", "add", "o", "--schedule", "@every 1s", "--",
+                            SH, "-c", f"echo $CONCH_TICK >> {out}"], env=env,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        p = d.start("d", "--ttl", "2s")
+        wait_for(lambda: len(read(out).split()) >= 2, timeout=60, what="runs")
+        m = cluster.member(0)
+        cluster.stop_member(m)
+        wait_for(lambda: "lost" in d.log("d"), timeout=30, what="the lease lost")
+        n = len(read(out).split())
+        cluster.restart_member(m)
+        wait_for(lambda: len(read(out).split()) >= n + 2, timeout=60, what="runs after")
+        assert p.poll() is None
+        ran = read(out).split()
+        assert len(ran) == len(set(ran))
+        no_error(d.log("d"))
+        assert d.stop("d") == 128 + signal.SIGTERM
+    finally:
+        d.cleanup()
+        cluster.stop()

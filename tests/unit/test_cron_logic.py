@@ -1,0 +1,248 @@
+"""Layer 1: the pure parts of cron (conch.cron, conch.keys' cron layout, conchd's flag parsing).
+No I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conch import cron, keys
+from conch.conchd import parse_metrics_addr
+from conch.errors import UsageError
+
+TICKS = st.integers(min_value=0, max_value=10**12 * 1_000_000 - 1)
+
+
+# -- tick key codec ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("us", "token"),
+    [
+        (0, "000000000000"),
+        (1_700_000_000_000_000, "001700000000"),
+        (1_700_000_000_500_000, "001700000000.5"),
+        (1_700_000_000_000_001, "001700000000.000001"),
+        (1_700_000_000_250_000, "001700000000.25"),
+    ],
+)
+def test_tick_token_table(us: int, token: str) -> None:
+    assert keys.tick_token(us) == token
+    assert keys.parse_tick_token(token) == us
+
+
+@given(TICKS)
+def test_tick_token_round_trips(us: int) -> None:
+    assert keys.parse_tick_token(keys.tick_token(us)) == us
+
+
+@given(TICKS, TICKS)
+def test_tick_tokens_sort_like_ticks(a: int, b: int) -> None:
+    ta, tb = keys.tick_token(a), keys.tick_token(b)
+    assert (a < b) == (ta < tb) and (a == b) == (ta == tb)
+    # also as the last segment of keys, as etcd sorts them (bytes)
+    ka, kb = keys.cron_run_key("/p/", "j", a), keys.cron_run_key("/p/", "j", b)
+    assert (a < b) == (ka < kb)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "1700000000", "0017000000000", "001700000000.", "001700000000.50", "001700000000.1234567",
+     "00170000000a", "001700000000.x", "-01700000000", "００1700000000", "001700000000.５"],
+)  # fmt: skip
+def test_parse_tick_token_rejects_foreign_tokens(bad: str) -> None:
+    with pytest.raises(ValueError):
+        keys.parse_tick_token(bad)
+
+
+def test_tick_token_range() -> None:
+    with pytest.raises(ValueError):
+        keys.tick_token(-1)
+    with pytest.raises(ValueError):
+        keys.tick_token(10**12 * 1_000_000)
+
+
+def test_cron_key_layout() -> None:
+    p = "/conch"
+    assert keys.cron_job_key(p, "a/b") == b"/conch/cron/jobs/a%2Fb"
+    assert keys.cron_run_key(p, "a/b", 1_000_000) == b"/conch/cron/runs/a%2Fb/000000000001"
+    assert keys.cron_alive_key(p, "a b", 0) == b"/conch/cron/alive/a%20b/000000000000"
+    assert keys.cron_job_name(p, b"/conch/cron/jobs/a%2Fb") == "a/b"
+    for foreign in (b"/conch/cron/jobs/", b"/conch/cron/jobs/a/b", b"/conch/elect/x"):
+        with pytest.raises(ValueError):
+            keys.cron_job_name(p, foreign)
+    root = keys.cron_runs_root(p)
+    assert keys.cron_split_tick_key(root, root + b"a%2Fb/000000000007") == ("a/b", 7_000_000)
+    for foreign in (root + b"a", root + b"a/", root + b"a/1/2", b"/other/x/000000000001"):
+        with pytest.raises(ValueError):
+            keys.cron_split_tick_key(root, foreign)
+
+
+@given(st.text(alphabet="ab/%.é ", min_size=1, max_size=6),
+       st.text(alphabet="ab/%.é ", min_size=1, max_size=6))  # fmt: skip
+def test_one_jobs_ranges_never_hold_another_jobs_keys(a: str, b: str) -> None:
+    if a == b:
+        return
+    for d in (keys.cron_runs_dir, keys.cron_alive_dir):
+        assert not d("/p/", b).startswith(d("/p/", a))
+    assert not keys.cron_job_key("/p/", b).startswith(keys.cron_job_key("/p/", a) + b"/")
+
+
+# -- status derivation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "alive", "shown"),
+    [
+        ("running", True, "running"),
+        ("running", False, "lost"),  # the winner's lease expired without a result
+        ("ok", False, "ok"),
+        ("ok", True, "ok"),  # cannot happen (one txn), but a result always wins
+        ("failed", False, "failed"),
+        ("skipped", False, "skipped"),
+        ("", False, "lost"),  # a damaged record
+        ("", True, "lost"),
+    ],
+)
+def test_derive_status(stored: str, alive: bool, shown: str) -> None:
+    assert cron.derive_status(stored, alive) == shown
+
+
+def test_result_status() -> None:
+    assert cron.result_status(0) == "ok"
+    assert [cron.result_status(c) for c in (1, 3, 127, 137, 143)] == ["failed"] * 5
+
+
+# -- history pruning -----------------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest() -> None:
+    assert cron.prune_choice([5, 1, 4, 2, 3], set(), keep=3) == [1, 2]
+    assert cron.prune_choice([1, 2, 3], set(), keep=3) == []
+    assert cron.prune_choice([1, 2, 3], set(), keep=5) == []
+    assert cron.prune_choice([1, 2, 3], set(), keep=0) == [1, 2, 3]
+
+
+def test_prune_never_deletes_an_alive_run() -> None:
+    # a long run (tick 1) outlasted many newer ticks: its record stays while it is alive
+    assert cron.prune_choice([1, 2, 3, 4, 5], {1}, keep=2) == [2, 3]
+    assert cron.prune_choice([1, 2, 3], {1, 2, 3}, keep=0) == []
+
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.sets(st.integers(0, 50)), st.integers(0, 25))
+def test_prune_properties(ticks: list[int], alive: set[int], keep: int) -> None:
+    doomed = cron.prune_choice(ticks, alive, keep)
+    assert doomed == sorted(set(doomed))
+    assert not set(doomed) & alive
+    newest = sorted(set(ticks), reverse=True)[:keep]
+    assert not set(doomed) & set(newest)
+    assert set(doomed) == {t for t in set(ticks) - alive if t not in newest}
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def test_job_json_round_trip() -> None:
+    j = cron.Job("n", "@every 1s", "Europe/Berlin", ("sh", "-c", "x"), 5.0, 2.0, "allow")
+    assert cron.Job.from_json("n", j.to_json()) == j
+    # the key's name wins over the value's
+    assert cron.Job.from_json("other", j.to_json()).name == "other"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"null", b"[]", b"{}", b'{"schedule":"@daily"}', b'{"schedule":"@daily","cmd":[]}',
+     b'{"schedule":"@daily","cmd":[1]}', b'{"schedule":"@daily","cmd":["x"],"overlap":"maybe"}',
+     b"\xff", b"[" * 100000],
+)  # fmt: skip
+def test_damaged_job_definitions_are_rejected(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        cron.Job.from_json("n", raw)
+
+
+def test_job_defaults_for_missing_or_bad_numbers() -> None:
+    j = cron.Job.from_json("n", b'{"schedule":"@daily","cmd":["x"],"timeout":0,"kill_after":"x"}')
+    assert (j.tz, j.timeout, j.kill_after, j.overlap) == ("UTC", None, 10.0, "forbid")
+
+
+def test_run_record_round_trip_and_tolerance() -> None:
+    r = cron.RunRecord(tick="t", status="ok", daemon="d", host="h", claim="c", exit_code=0, rev=7)
+    assert cron.RunRecord.from_json(r.to_json()) == r
+    for raw in (b"", b"garbage", b"[]", b'{"status":"weird","exit_code":true}', b"[" * 100000):
+        d = cron.RunRecord.from_json(raw)
+        assert d.status == "" and d.exit_code is None
+        assert cron.derive_status(d.status, False) == "lost"
+
+
+def test_run_doc_fields() -> None:
+    r = cron.RunRecord(tick="", status="running", daemon="d", host="h", claim="c", started="s")
+    doc = cron.run_doc(1_000_000, r, alive=False)
+    assert doc["tick"] == "1970-01-01T00:00:01Z" and doc["status"] == "lost"
+    assert (doc["exit_code"], doc["host"], doc["started"], doc["finished"]) == (
+        None,
+        "h",
+        "s",
+        None,
+    )
+
+
+# -- time formatting -----------------------------------------------------------------------
+
+
+def test_format_tick() -> None:
+    assert cron.format_tick(0) == "1970-01-01T00:00:00Z"
+    assert cron.format_tick(1_700_000_000_500_000) == "2023-11-14T22:13:20.5Z"
+
+
+@given(st.integers(0, 4_000_000_000 * 1_000_000))
+def test_tick_us_is_exact(us: int) -> None:
+    assert cron.tick_us(cron.tick_datetime(us)) == us
+
+
+def test_tick_us_of_other_zones() -> None:
+    t = datetime(2026, 3, 8, 3, 0, tzinfo=UTC)
+    assert cron.tick_us(t.astimezone(timedelta_zone(-4))) == cron.tick_us(t)
+
+
+def timedelta_zone(hours: int):  # type: ignore[no-untyped-def]
+    from datetime import timezone
+
+    return timezone(timedelta(hours=hours))
+
+
+# -- ls table ------------------------------------------------------------------------------
+
+
+def test_format_table() -> None:
+    doc = [
+        {"name": "backup", "schedule": "0 3 * * *", "tz": "UTC", "cmd": ["sh", "-c", "a b"],
+         "next_tick": "2026-01-01T03:00:00Z",
+         "runs": [{"status": s} for s in ("running", "ok", "lost", "failed", "skipped", "ok")]},
+        {"name": "x", "schedule": "", "tz": "", "cmd": [], "next_tick": None, "runs": []},
+    ]  # fmt: skip
+    header, row, damaged = cron.format_table(doc)
+    assert header.split()[:3] == ["NAME", "SCHEDULE", "TZ"]
+    assert "running ok lost failed skipped ..." in row and row.endswith("sh -c 'a b'")
+    assert "(damaged definition)" in damaged
+
+
+# -- conchd flags --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "addr"),
+    [("127.0.0.1:9100", ("127.0.0.1", 9100)), (":9100", ("0.0.0.0", 9100)),
+     ("[::1]:9100", ("::1", 9100)), ("localhost:1", ("localhost", 1))],
+)  # fmt: skip
+def test_parse_metrics_addr(text: str, addr: tuple[str, int]) -> None:
+    assert parse_metrics_addr(text) == addr
+
+
+@pytest.mark.parametrize("bad", ["", "9100", "host:", "host:0", "host:65536", "::1:9100", "[::1]",
+                                 "[::1]9100", "h:port", "h:９１"])  # fmt: skip
+def test_parse_metrics_addr_rejects(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_metrics_addr(bad)
