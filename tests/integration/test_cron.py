@@ -398,7 +398,9 @@ def test_conchd_usage_errors(conch_env):
         assert r.stderr.startswith("conchd: error: ") and len(r.stderr.splitlines()) == 1
 
 
-def test_add_existing_refused_replace_is_picked_up_without_restart(conch, daemons, tmp_path):
+def test_add_existing_refused_replace_is_picked_up_without_restart(
+    conch, daemons, tmp_path, prefix
+):
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
     add(conch, "job", "@every 1s", "--", "touch", str(v1))
     r = conch.run("cron", "add", "job", "--schedule", "@every 2s", "--", "touch", str(v2))
@@ -416,6 +418,14 @@ def test_add_existing_refused_replace_is_picked_up_without_restart(conch, daemon
     assert d.poll() is None
     log = daemons.log("d")
     assert "job 'job' changed" in log
+    # global options before `cron` or before `ls` beat the environment
+    other = {"CONCH_PREFIX": "/elsewhere/"}
+    for args in (("--prefix", prefix, "cron", "ls", "--json"),
+                 ("cron", "--prefix", prefix, "ls", "--json"),
+                 ("cron", "ls", "--prefix", prefix, "--json")):  # fmt: skip
+        r = conch.run(*args, env=other)
+        assert r.returncode == 0 and [j["name"] for j in json.loads(r.stdout)] == ["job"], args
+    assert json.loads(conch.run("cron", "ls", "--json", env=other).stdout) == []
     # --replace also creates
     assert (
         conch.run(
