@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seed", action="store", default=None, help="seed for invariant tests")
+    _add_invariant_options(parser)
 
 
 @pytest.fixture(scope="session")
@@ -159,3 +160,25 @@ def etcdctl(etcd: LocalCluster, etcdctl_bin: str):  # type: ignore[no-untyped-de
         return r.stdout
 
     return run
+
+
+# -- invariant tests (tests/invariant, layer 3): seed selection and the measured-figures file ----
+# (called from pytest_addoption above; the fixtures live in tests/invariant/conftest.py)
+def _add_invariant_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("invariant", "invariant tests (tests/invariant)")
+    group.addoption(
+        "--random-seeds",
+        action="store",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run K random seeds instead of the fixed CI seeds (nightly); each seed is shown "
+        "in the test id, replay one with --seed N",
+    )
+    group.addoption(
+        "--invariant-report",
+        action="store",
+        default=None,
+        metavar="FILE",
+        help="write the measured overlap and convergence figures per fault kind as JSON to FILE",
+    )
