@@ -41,8 +41,7 @@ def _global_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, metavar="D"),
         click.option("-v", "--verbose", is_flag=True, help="debug logging and tracebacks"),
         click.option("-q", "--quiet", is_flag=True, help="only errors on stderr"),
-        click.version_option(__version__, "--version", prog_name="conch",
-                             message="%(prog)s %(version)s"),
+        click.version_option(__version__, "--version", message="%(prog)s %(version)s"),
     ]  # fmt: skip
     for o in reversed(opts):
         f = o(f)
@@ -70,17 +69,20 @@ def _globals(ctx: click.Context, params: dict[str, Any]) -> tuple[Globals, bool,
     return g, verbose, quiet
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
+def _setup_logging(
+    verbose: bool, quiet: bool, *, prog: str = "conch", level: int = logging.WARNING
+) -> None:
+    """Log lines on stderr as `PROG: message`; -v: debug, -q: errors only."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("conch: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     root = logging.getLogger("conch")
     root.handlers[:] = [handler]
     root.propagate = False
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else level)
     _state["verbose"] = verbose
 
 
-_state: dict[str, bool] = {"verbose": False}
+_state: dict[str, Any] = {"verbose": False, "prog": "conch"}
 
 CMD_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -485,17 +487,19 @@ def _etcd_error() -> type[Exception]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"conch: error: {message}", err=True)
+    click.echo(f"{_state['prog']}: error: {message}", err=True)
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
+def run_command(command: click.Command, argv: list[str] | None, prog: str) -> NoReturn:
+    """Run a click command as a program: every failure is one `PROG: error: ...` line on stderr
+    and its documented exit code; a traceback only with -v."""
+    _state["prog"] = prog
     try:
-        rv = cli.main(args=argv, prog_name="conch", standalone_mode=False)
-    except click.exceptions.NoSuchOption as e:
-        _fail(e.format_message(), 2)
+        rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.UsageError as e:
-        _fail(e.format_message().splitlines()[0] if e.format_message() else "usage error", 2)
+        msg = e.format_message()
+        _fail(msg.splitlines()[0] if msg else "usage error", 2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
@@ -511,6 +515,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise
         _fail(f"internal error: {e!r} (run with -v for details)", 1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    run_command(cli, argv, "conch")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -685,15 +683,6 @@ class Daemon:
 # ---------------------------------------------------------------------------------------
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("conchd: %(message)s"))
-    root = logging.getLogger("conch")
-    root.handlers[:] = [handler]
-    root.propagate = False
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
-
-
 def _validate_id(daemon_id: str) -> str:
     if not daemon_id or len(daemon_id) > 256:
         raise UsageError("--id: must be 1 to 256 characters")
@@ -703,7 +692,7 @@ def _validate_id(daemon_id: str) -> str:
 
 
 def _command() -> click.Command:
-    from conch.cli import CMD_SETTINGS, _global_options, _globals
+    from conch.cli import CMD_SETTINGS, _global_options, _globals, _setup_logging
 
     @click.command(context_settings=CMD_SETTINGS)
     @click.option(
@@ -740,8 +729,7 @@ def _command() -> click.Command:
         from conch import options
 
         g, verbose, quiet = _globals(ctx, kw)
-        _setup_logging(verbose, quiet)
-        _state["verbose"] = verbose
+        _setup_logging(verbose, quiet, prog="conchd", level=logging.INFO)
         ttl_s = options.duration(ttl, "--ttl", minimum=1.0)
         did = _validate_id(daemon_id if daemon_id is not None else
                            f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
@@ -773,36 +761,10 @@ def _command() -> click.Command:
     return conchd
 
 
-_state: dict[str, bool] = {"verbose": False}
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"conchd: error: {message}", err=True)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
-    cmd: Callable[..., Any] = _command()
-    try:
-        rv = cmd.main(args=argv, prog_name="conchd", standalone_mode=False)  # type: ignore[attr-defined]
-    except click.UsageError as e:
-        msg = e.format_message()
-        _fail(msg.splitlines()[0] if msg else "usage error", 2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
-        _fail("aborted", 130)
-    except ConchError as e:
-        if _state["verbose"]:
-            log.exception("details")
-        _fail(str(e), e.exit_code)
-    except BrokenPipeError:
-        sys.exit(1)
-    except Exception as e:
-        if _state["verbose"]:
-            raise
-        _fail(f"internal error: {e!r} (run with -v for details)", 1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    from conch.cli import run_command
+
+    run_command(_command(), argv, "conchd")
 
 
 if __name__ == "__main__":
