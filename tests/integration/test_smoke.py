@@ -1,4 +1,5 @@
-"""./conch-smoke.sh runs end to end: its own 3-member cluster, the smoke steps and the drills."""
+"""./conch-smoke.sh runs end to end: its own 3-member cluster, the smoke steps (elect, sema,
+cron) and both drills (quorum loss under an elect --restart service; killed cron winner)."""
 
 from __future__ import annotations
 
@@ -21,4 +22,7 @@ def test_smoke_script_passes_on_its_own_cluster():
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "PASS"
     assert not [line for line in lines if line.startswith("FAIL")]
-    assert any(line.startswith("ok   drill: stop 2 of 3") for line in lines)
+    assert not [line for line in lines if line.startswith("SKIP")]
+    for step in ("conch elect", "conch sema", "conch cron add", "drill: stop 2 of 3",
+                 "drill: kill the daemon that won a cron tick"):  # fmt: skip
+        assert any(line.startswith(f"ok   {step}") for line in lines), (step, lines)
