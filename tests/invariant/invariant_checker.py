@@ -103,6 +103,7 @@ class Fault:
     lease: int | None = None  # revoke: the lease revoked
     member: str | None = None  # etcd faults: the member(s) hit
     detail: str = ""
+    compound: bool = False  # injected together with another fault (one convergence for both)
 
     def describe(self, t0: float = 0.0) -> str:
         what = []
@@ -114,6 +115,8 @@ class Fault:
             what.append(f"member={self.member}")
         if self.detail:
             what.append(self.detail)
+        if self.compound:
+            what.append("(compound)")
         span = f"{self.at - t0:.3f}"
         if self.until != self.at:
             span += f"..{self.until - t0:.3f}"

@@ -72,7 +72,7 @@ MONITOR_POLL = 0.01
 OBSERVE_POLL = 0.05
 SUPERVISE_POLL = 0.02
 CONVERGE_WITHIN = 25.0  # after a fault is repaired (etcd restarts and elections included)
-LONG_JOB = (3.0, 9.0)  # a long job's run time range (seconds)
+LONG_JOB = (3.0, 7.0)  # a long job's run time range (seconds)
 
 
 def now() -> float:
@@ -364,7 +364,7 @@ class Observer(threading.Thread):
         super().__init__(name="invariant-observer", daemon=True)
         self.h = harness
         self.lock = threading.Lock()
-        self.history: list[tuple[float, bool]] = []
+        self.history: list[tuple[float, bool, str]] = []
         self.last_keys: list[Key] | None = None
         self._stop_ev = threading.Event()
         self._ep = 0
@@ -407,25 +407,43 @@ class Observer(threading.Thread):
         return None
 
     def converged(self) -> bool:
+        return self.state()[0]
+
+    def state(self) -> tuple[bool, str]:
+        """(converged, why not)."""
         keys = self.list_keys()
         with self.lock:
             self.last_keys = keys
         if keys is None:
-            return False
+            return False, "etcd does not answer"
         holders = {(k.rev, k.lease) for k in keys[: self.h.sc.slots]}
         running = {(s.rev, s.lease) for s in self.h.monitor.running()}
         if holders != running or not running:
-            return False
+            return (
+                False,
+                f"holders {sorted(r for r, _ in holders)} running {sorted(r for r, _ in running)}",
+            )
         if self.h.sc.service:  # every service is queued
-            return len(keys) == self.h.live_count()
-        return True
+            live = self.h.live_count()
+            return len(keys) == live, f"{len(keys)} of {live} services queued"
+        return True, ""
+
+    def transitions(self) -> list[tuple[float, bool, str]]:
+        """The observations at which the verdict (or the reason) changed."""
+        with self.lock:
+            hist = list(self.history)
+        out: list[tuple[float, bool, str]] = []
+        for t, ok, why in hist:
+            if not out or out[-1][1:] != (ok, why):
+                out.append((t, ok, why))
+        return out
 
     def run(self) -> None:
         while not self._stop_ev.is_set():
             t = now()
-            ok = self.converged()
+            ok, why = self.state()
             with self.lock:
-                self.history.append((t, ok))
+                self.history.append((t, ok, why))
             self._stop_ev.wait(OBSERVE_POLL)
 
     def wait_converged(self, fault_at: float, settle_until: float, deadline: float) -> float | None:
@@ -604,7 +622,7 @@ class Harness:
         consequences (TTL + K + 1 s): a job that ends on its own first would hide a child that
         outlives its slot. Waits up to 5 s for one."""
         want = self.sc.ttl + self.sc.kill_after + 1.0
-        deadline = now() + 8.0
+        deadline = now() + 3.0
         while True:
             pairs = [(s, self.by_holder(s.holder)) for s in self.monitor.running()]
             live = [(s, p) for s, p in pairs if p is not None and p.alive()]
@@ -667,7 +685,8 @@ class Harness:
             os.kill(p.pid, signal.SIGSTOP)
             time.sleep(plan.hold)
             until = now()
-            os.kill(p.pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a compound fault may have killed it
+                os.kill(p.pid, signal.SIGCONT)
             return Fault(STOP_CONCH, at, until, holder=p.holder, detail=f"pid {p.pid}")
         if plan.kind in (KILL_MEMBER, PAUSE_MEMBER):
             m = self._target_member(plan)
@@ -714,7 +733,7 @@ class Harness:
         t.join()
         if errors:
             raise errors[0]
-        return [f for f in out if f is not None]
+        return [dataclasses.replace(f, compound=True) for f in out if f is not None]
 
     def _settle(self, f: Fault) -> float:
         """When every effect of fault f has certainly begun (then the state may converge)."""
@@ -954,6 +973,7 @@ class Result:
                 for p in h.procs
             ],
             "summary": self.summary,
+            "observer": [(round(t - t0, 3), ok, why) for t, ok, why in h.observer.transitions()],
         }
         (h.dir / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -20,9 +20,12 @@ from invariant_harness import FaultPlan, Harness, Scenario
 
 pytestmark = [pytest.mark.invariant, pytest.mark.timeout(600)]
 
-# The CI set: between them every shape (elect jobs, elect --restart services, sema N=1..3) and
-# every fault kind several times (each seed injects every kind at least once), ~30 s each.
-CI_SEEDS = [1, 2, 5, 7, 11, 12]
+# The CI set (~3.5 min on 2 cores with the checker and broken-conch tests): each seed injects
+# every fault kind at least once; between them they cover elect --restart services (3: 3
+# services, children ignoring SIGTERM; 8: 4 services, two compound faults), elect jobs (6: 5
+# contenders, long jobs), sema --max 3 (5: 6 contenders), --max 2 (12: 5 contenders, a compound
+# fault) and --max 1 (25), --ttl 2s and 3s, --kill-after 0.5s and 1s.
+CI_SEEDS = [3, 8, 6, 5, 12, 25]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,7 +65,7 @@ def test_invariants_hold_under_seeded_faults(
         k["faults"] += 1
         k["max_overlap_s"] = max(k["max_overlap_s"], st.overlap)
         k["max_excess"] = max(k["max_excess"], st.excess)
-        if st.convergence is not None:
+        if st.convergence is not None and not st.fault.compound:
             k["convergence_s"].append(round(st.convergence, 3))
             repaired = st.convergence - (st.fault.until - st.fault.at)
             k["after_repair_s"].append(round(max(0.0, repaired), 3))
