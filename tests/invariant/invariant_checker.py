@@ -315,8 +315,13 @@ def _excuse_ends(
     return out
 
 
-def _specificity(f: Fault) -> tuple[bool, float]:
-    return (f.kind in CONCH_FAULTS, f.at)
+# Which loss event an overlap is credited to (statistics only), when several could excuse it:
+# the one after which a successor can start soonest, then the latest.
+_CREDIT = {REVOKE: 3, STOP_CONCH: 2, KILL_CONCH: 1}
+
+
+def _specificity(f: Fault) -> tuple[int, float]:
+    return (_CREDIT.get(f.kind, 0), f.at)
 
 
 def _check_capacity(
@@ -358,7 +363,7 @@ def _check_capacity(
                     for lo, hi, fi, stale_start in windows.get(k, ())
                     if lo <= a and b <= hi + 1e-9 and (stale_start or _younger_beside(ivs, k, act))
                 ]
-                if fits:  # credit the most specific, then the latest, loss event
+                if fits:  # credit the most likely cause (see _CREDIT)
                     excusing[k] = max(fits, key=lambda fi: _specificity(faults[fi]))
             # only count - n of them are needed: credit the most specific ones
             keep = sorted(excusing, key=lambda k: _specificity(faults[excusing[k]]), reverse=True)

@@ -414,3 +414,18 @@ def test_only_the_needed_excuses_are_credited():
     r = run(ivs, [m, rv], procs_for(ivs, a=70), slots=2)
     assert r.ok, [v.describe() for v in r.violations]
     assert r.stats[0].overlap == 0.0 and r.stats[1].overlap == pytest.approx(0.25)
+
+
+def test_overlap_is_credited_to_the_revoke_when_a_kill_could_also_excuse_it():
+    # a (revoked) and x (conch SIGKILLed at the same moment) both die within their windows;
+    # one excuse is needed, and the revoke is what let the successor in at once
+    rv = Fault(REVOKE, 1.0, 1.0, holder="a", lease=0xA000 + 10, compound=True)
+    kl = Fault(KILL_CONCH, 1.1, 1.1, holder="x", compound=True)
+    ivs = [
+        iv("x", 9, 0.0, 1.9, how="vanished"),
+        iv("a", 10, 0.1, 1.8, how="vanished"),
+        iv("b", 12, 1.2, 4.0),
+    ]
+    r = run(ivs, [rv, kl], procs_for(ivs, a=70, x=-9), slots=2)
+    assert r.ok, [v.describe() for v in r.violations]
+    assert r.stats[0].overlap == pytest.approx(0.6) and r.stats[1].overlap == 0.0
