@@ -20,6 +20,7 @@ EtcdUnavailable. A password never appears in any message this module produces.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import sys
@@ -41,6 +42,13 @@ class EtcdUnavailable(EtcdError):
 
 class EtcdAuthError(EtcdError):
     """Authentication refused, or permission denied."""
+
+
+class EtcdClusterChanged(EtcdError):
+    """The endpoints now answer for another cluster (a new cluster id), or revisions went
+    backwards (the cluster was rebuilt or restored from a backup without --bump-revision).
+    Fencing tokens issued there could repeat old ones, so the client refuses every further
+    call: never retried, never acquired on."""
 
 
 class WatchCompacted(EtcdError):
@@ -219,6 +227,114 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+# The one failover policy, used by unary calls, watch streams and lease keepalives.
+MIN_ATTEMPT = 0.1  # shortest bound of one attempt on one endpoint (seconds)
+MAX_ROUND_PAUSE = 0.5  # longest pause after a whole round of endpoints failed
+
+
+class _Failover:
+    """What every call does after a failed attempt (docs/decisions/0001-etcd-client.md):
+
+    * a stale auth token: authenticate again (once per call) and retry at once;
+    * refused (permission, bad credentials): EtcdAuthError; any other definite error: EtcdError;
+    * transient (unavailable, deadline, no leader, a server-side cancel): the next endpoint,
+      with a short pause after every whole round (50 ms doubling to 0.5 s) so that channels
+      can reconnect. No endpoint is quarantined: every round tries them all.
+
+    One attempt on one endpoint is bounded by the client's attempt timeout, but by at most half
+    of the time the call has left (and at least MIN_ATTEMPT): a hung member (alive socket, no
+    answers) then leaves time to ask another one before the caller's deadline, even at short
+    lease TTLs. `deadline` None means "until stopped" (watch streams)."""
+
+    def __init__(
+        self,
+        client: Client,
+        what: str,
+        deadline: float | None,
+        *,
+        use_token: bool = True,
+        pause: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.what = what  # "etcd Range", "lease keepalive", "watch": for messages
+        self.deadline = deadline
+        self.use_token = use_token
+        self._pause = pause
+        self.started = time.monotonic()
+        self.failures = 0  # consecutive transient failures
+        self.reauthed = False
+        self.last = "no attempt"
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            return math.inf
+        return self.deadline - time.monotonic()
+
+    def attempt_timeout(self) -> float:
+        """The bound of the next attempt on one endpoint."""
+        rem = self.remaining()
+        bound = max(MIN_ATTEMPT, rem / 2) if self.client.endpoint_count > 1 else rem
+        return max(0.0, min(self.client.attempt_timeout, bound, rem))
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def unavailable(self) -> EtcdUnavailable:
+        return EtcdUnavailable(
+            f"etcd unavailable: no endpoint answered {self.what} within "
+            f"{time.monotonic() - self.started:.1f}s ({self.client._endpoint_list()}): "
+            f"{self.last}"
+        )
+
+    def succeeded(self) -> None:
+        """A stream was (re)established: the next failure starts a new count."""
+        self.failures = 0
+        self.reauthed = False
+
+    def failed(self, err: BaseException, idx: int, token: str | None = None) -> None:
+        """After attempt on endpoint `idx` failed with `err`: return to try again (on the
+        endpoint the client now points at), or raise what ends the call."""
+        grpc = _grpc()
+        if isinstance(err, EtcdClusterChanged):
+            raise err
+        if not isinstance(err, grpc.RpcError):
+            raise EtcdError(f"{self.what} failed: {_describe(err)}") from None
+        self.failed_kind(_classify(err, closed=self.client._closed), _describe(err), idx, token)
+
+    def failed_kind(self, kind: str, detail: str, idx: int, token: str | None = None) -> None:
+        self.last = detail
+        client = self.client
+        if kind == _REAUTH and self.use_token and client._has_credentials() and not self.reauthed:
+            self.reauthed = True
+            deadline = self.deadline
+            if deadline is None:
+                deadline = time.monotonic() + client.call_timeout
+            try:
+                client._reauthenticate(token, deadline)
+            except EtcdAuthError:
+                raise
+            except EtcdError as e:  # unreachable now: fail over and try again
+                self.last = str(e)
+                self._transient(idx)
+            return
+        if kind in (_REAUTH, _AUTH):
+            raise EtcdAuthError(f"{self.what} refused: {detail}")
+        if kind == _FATAL:
+            raise EtcdError(f"{self.what} failed: {detail}")
+        self._transient(idx)
+
+    def _transient(self, idx: int) -> None:
+        client = self.client
+        client._advance(idx)
+        self.failures += 1
+        n = client.endpoint_count
+        if self.failures % n == 0:
+            rounds = self.failures // n
+            pause = min(0.05 * 2 ** min(rounds, 4), MAX_ROUND_PAUSE, self.remaining())
+            if pause > 0:
+                self._pause(pause)
+
+
 def _iter_queue(q: queue.Queue[Any]) -> Iterator[Any]:
     """Request iterator for a bidi stream: yields what is put on q until None arrives."""
     while True:
@@ -257,6 +373,11 @@ def _target(endpoint: str, tls_files: bool) -> tuple[str, bool]:
         raise EtcdError(f"bad endpoint {endpoint!r}")
     return host, secure
 
+
+# Methods whose answer reflects every write committed before the request was sent: their header
+# revision never goes backwards within one cluster (Range is linearizable by default; writes,
+# lease grants and revokes go through raft).
+_LINEARIZABLE = frozenset(("Range", "Put", "DeleteRange", "Txn", "LeaseGrant", "LeaseRevoke"))
 
 # channel options: quick reconnects (no member is quarantined for long) and keepalive pings
 # so that a dead connection under an open stream is noticed (etcd's default enforcement
@@ -427,14 +548,13 @@ class Watch:
     def _loop(self) -> None:
         pb, _ = _pb()
         client = self._client
-        failures = 0  # consecutive failed (re)connections
+        policy = _Failover(client, "watch", None, pause=self._stop.wait)
         cancels = 0  # consecutive server cancellations of a creation
-        reauthed = False
-        last_err = ""
         while not self._stop.is_set():
             idx = client._current()
             reqq: queue.Queue[Any] = queue.Queue()
             reqq.put(self._create_request(pb))
+            token = client._token
             try:
                 stub = client._stub(idx, "Watch")
                 call = stub.Watch(_iter_queue(reqq), metadata=client._metadata())
@@ -460,6 +580,7 @@ class Watch:
             cancel_reason: str | None = None
             try:
                 for resp in call:
+                    client._check_identity(resp.header)
                     if resp.compact_revision > 0:
                         self._fail(WatchCompacted(resp.compact_revision))
                         return
@@ -471,10 +592,10 @@ class Watch:
                             break
                         if self._next_rev <= 0:
                             self._next_rev = resp.header.revision + 1
-                        if failures or cancels:
+                        if policy.failures or cancels:
                             self.reconnects += 1
-                        failures = cancels = 0
-                        reauthed = False
+                        policy.succeeded()
+                        cancels = 0
                         self._ready.set()
                         continue
                     if resp.canceled:
@@ -497,58 +618,29 @@ class Watch:
                 return
             if created.is_set():
                 self.breaks += 1
-            if cancel_reason is not None:
-                last_err = f"watch canceled by the server: {cancel_reason}"
-                low = cancel_reason.lower()
-                if "compacted" in low:
-                    self._fail(WatchCompacted(self._next_rev))
-                    return
-                if any(t in low for t in _REAUTH_TEXTS + _AUTH_TEXTS):
-                    # the stream's token may have expired: one fresh token, then give up
-                    if client._has_credentials() and not reauthed:
-                        reauthed = True
-                        if not self._reauth_or_fail():
-                            return
-                        continue
-                    self._fail(EtcdAuthError(last_err))
-                    return
-                cancels += 1
-                if cancels >= max(3, len(client._targets)):
-                    self._fail(EtcdError(last_err))
-                    return
-            elif err is not None:
-                if not isinstance(err, _grpc().RpcError):
-                    raise err
-                kind = _classify(err)
-                last_err = _describe(err)
-                if kind == _REAUTH and client._has_credentials() and not reauthed:
-                    reauthed = True
-                    if not self._reauth_or_fail():
+            try:
+                if cancel_reason is not None:
+                    low = cancel_reason.lower()
+                    if "compacted" in low:
+                        self._fail(WatchCompacted(self._next_rev))
                         return
-                    continue
-                if kind in (_REAUTH, _AUTH):
-                    self._fail(EtcdAuthError(f"watch refused: {last_err}"))
-                    return
-                if kind == _FATAL:
-                    self._fail(EtcdError(f"watch failed: {last_err}"))
-                    return
-            # transient (or the server closed the stream): next endpoint, short backoff
-            client._advance(idx)
-            failures += 1
-            if failures % len(client._targets) == 0:
-                rounds = failures // len(client._targets)
-                self._stop.wait(min(0.05 * 2 ** min(rounds, 4), 0.5))
-
-    def _reauth_or_fail(self) -> bool:
-        """Fresh token for the next stream; False (after _fail) if etcd refused it."""
-        try:
-            self._client._reauthenticate(None, time.monotonic() + self._client.call_timeout)
-        except EtcdAuthError as e:
-            self._fail(e)
-            return False
-        except EtcdError:
-            pass  # unreachable now: the loop fails over and tries again
-        return True
+                    detail = f"canceled by the server: {cancel_reason}"
+                    if any(t in low for t in _REAUTH_TEXTS + _AUTH_TEXTS):
+                        # the stream's token may have expired: one fresh token, then give up
+                        policy.failed_kind(_REAUTH, detail, idx, token)
+                        continue
+                    cancels += 1
+                    if cancels >= max(3, client.endpoint_count):
+                        self._fail(EtcdError(f"watch {detail}"))
+                        return
+                    policy.failed_kind(_RETRY, detail, idx, token)
+                elif err is not None:
+                    policy.failed(err, idx, token)
+                else:  # the server closed the stream: next endpoint
+                    policy.failed_kind(_RETRY, "stream closed by the server", idx, token)
+            except EtcdError as e:
+                self._fail(e)
+                return
 
     def _deliver(self, pb_events: Any) -> None:
         out: list[Event] = []
@@ -631,6 +723,11 @@ class Client:
         self._closed = False
         self._ka: _KeepAliveStream | None = None
         self._watches: set[Watch] = set()
+        # identity of the cluster behind the endpoints: its id, and the highest revision a
+        # linearizable answer carried (both only ever confirmed, never allowed to change)
+        self._cluster_id = 0
+        self._max_revision = 0
+        self._identity_error: EtcdClusterChanged | None = None
         self.auth_count = 0  # successful Authenticate calls (token refreshes after the first)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -765,66 +862,42 @@ class Client:
     def lease_keepalive(self, lease_id: int, timeout: float) -> int:
         """Send one keepalive on the client's persistent LeaseKeepAlive stream and wait for
         its answer: returns the TTL the server granted (<= 0: the lease no longer exists).
-        Raises EtcdError/EtcdUnavailable when no answer came within timeout (the stream is
-        then re-opened, on the next endpoint if needed, by the next call)."""
+        Fails over between endpoints like every call (_Failover: a hung member costs one
+        attempt, at most half the time left); raises EtcdUnavailable when no answer came within
+        `timeout`, EtcdAuthError / EtcdError when refused."""
         pb, _ = _pb()
-        deadline = time.monotonic() + timeout
-        failures = 0
-        reauthed = False
-        last = "no answer"
+        policy = _Failover(self, "lease keepalive", time.monotonic() + timeout)
         with self._ka_lock:
             while True:
                 self._check_open()
-                if time.monotonic() >= deadline:
-                    raise EtcdUnavailable(
-                        f"etcd unavailable: no keepalive answer for lease {lease_id:x} within "
-                        f"{timeout:.1f}s ({self._endpoint_list()}): {last}"
-                    )
-                self._ensure_session(deadline)
+                if policy.expired():
+                    raise policy.unavailable()
+                self._ensure_session(policy.deadline or 0.0)
                 if self._ka is None:
                     self._ka = _KeepAliveStream(self, self._current())
                 ka = self._ka
+                token = self._token
                 ka.reqq.put(pb.LeaseKeepAliveRequest(ID=lease_id))
-                while True:
-                    remaining = deadline - time.monotonic()
-                    try:
-                        item = ka.respq.get(timeout=max(remaining, 0.0))
-                    except queue.Empty:
-                        # no answer in time: drop the stream; the next call opens a new one
-                        self._drop_keepalive(advance=True)
-                        raise EtcdUnavailable(
-                            f"etcd unavailable: no keepalive answer for lease {lease_id:x} "
-                            f"within {timeout:.1f}s ({self._target_name(ka.idx)})"
-                        ) from None
-                    if isinstance(item, _StreamEnded):
-                        break
+                try:
+                    item = ka.respq.get(timeout=policy.attempt_timeout())
+                except queue.Empty:
+                    # no answer in time (a hung member?): drop the stream; next endpoint
+                    self._drop_keepalive(advance=False)
+                    policy.failed_kind(_RETRY, f"no answer from {self._target_name(ka.idx)}",
+                                       ka.idx, token)  # fmt: skip
+                    continue
+                if not isinstance(item, _StreamEnded):
+                    self._check_identity(item.header)
                     if lease_id == item.ID:
                         return int(item.TTL)
-                    # an answer for another lease (cannot happen: one request at a time)
-                # the stream broke: classify, drop it, retry on the next endpoint
-                self._drop_keepalive(advance=True)
-                err = item.err
-                if err is None:
-                    last = "keepalive stream closed by the server"
-                elif not isinstance(err, _grpc().RpcError):
-                    raise EtcdError(f"lease keepalive reader failed: {_describe(err)}")
+                    continue  # an answer for another lease (cannot happen: one at a time)
+                # the stream broke: drop it, classify, retry on the next endpoint
+                self._drop_keepalive(advance=False)
+                if item.err is None:
+                    policy.failed_kind(_RETRY, "keepalive stream closed by the server",
+                                       ka.idx, token)  # fmt: skip
                 else:
-                    last = _describe(err)
-                    kind = _classify(err, closed=self._closed)
-                    if kind == _REAUTH and self._has_credentials() and not reauthed:
-                        reauthed = True
-                        self._reauthenticate(None, deadline)
-                        continue
-                    if kind in (_REAUTH, _AUTH):
-                        raise EtcdAuthError(f"lease keepalive refused: {last}")
-                    if kind == _FATAL:
-                        raise EtcdError(f"lease keepalive failed: {last}")
-                failures += 1
-                if failures % len(self._targets) == 0:
-                    rounds = failures // len(self._targets)
-                    pause = min(0.05 * 2 ** min(rounds, 4), 0.5, deadline - time.monotonic())
-                    if pause > 0:
-                        time.sleep(pause)
+                    policy.failed(item.err, ka.idx, token)
 
     def _drop_keepalive(self, advance: bool) -> None:
         ka, self._ka = self._ka, None
@@ -874,9 +947,54 @@ class Client:
         }
 
     # -- internals ------------------------------------------------------------------------
+    @property
+    def identity_problem(self) -> str | None:
+        """Why the client refuses every call (EtcdClusterChanged), or None."""
+        err = self._identity_error
+        return None if err is None else str(err)
+
+    @property
+    def endpoint_count(self) -> int:
+        return len(self._targets)
+
     def _check_open(self) -> None:
         if self._closed:
             raise EtcdError("etcd client is closed")
+        if self._identity_error is not None:
+            raise EtcdClusterChanged(str(self._identity_error))
+
+    def _check_identity(self, header: Any, floor: int | None = None) -> None:
+        """Every answer's header names its cluster; the answer to a linearizable request
+        carries a revision at least `floor`, the highest revision seen before the request was
+        sent. Anything else means the endpoints now serve another cluster, or one rebuilt or
+        restored from a backup without bumping its revisions: fencing tokens there could
+        repeat. Raise EtcdClusterChanged, now and for every further call."""
+        cluster_id, revision = int(header.cluster_id), int(header.revision)
+        with self._lock:
+            if self._identity_error is not None:
+                raise EtcdClusterChanged(str(self._identity_error))
+            problem = ""
+            if cluster_id and self._cluster_id and cluster_id != self._cluster_id:
+                problem = (
+                    f"etcd cluster changed identity: cluster id {cluster_id:x}, "
+                    f"was {self._cluster_id:x}"
+                )
+            elif floor is not None and revision and revision < floor:
+                problem = (
+                    f"etcd revisions went backwards (revision {revision} after {floor}): "
+                    "the cluster was rebuilt or restored from a backup"
+                )
+            if problem:
+                self._identity_error = EtcdClusterChanged(
+                    problem + "; refusing to go on (fencing tokens could repeat). Restore "
+                    "with `etcdutl snapshot restore --bump-revision --mark-compacted`; "
+                    "see docs/operations.md"
+                )
+                raise EtcdClusterChanged(str(self._identity_error))
+            if cluster_id and not self._cluster_id:
+                self._cluster_id = cluster_id
+            if floor is not None and revision > self._max_revision:
+                self._max_revision = revision
 
     def _has_credentials(self) -> bool:
         return bool(self.config.user)
@@ -994,48 +1112,28 @@ class Client:
         use_token: bool = True,
         with_idx: bool = False,
     ) -> Any:
-        """One unary RPC with failover across endpoints until deadline."""
-        failures = 0
-        reauthed = False
-        last = "no attempt"
-        t0 = time.monotonic()
+        """One unary RPC, failing over across endpoints until deadline (_Failover)."""
+        policy = _Failover(self, f"etcd {method}", deadline, use_token=use_token)
         while True:
             self._check_open()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise EtcdUnavailable(
-                    f"etcd unavailable: no endpoint answered {method} within "
-                    f"{deadline - t0:.1f}s ({self._endpoint_list()}): {last}"
-                )
+            if policy.expired():
+                raise policy.unavailable()
             idx = self._current()
             fn: Callable[..., Any] = getattr(self._stub(idx, service), method)
             token = self._token if use_token else None
+            # linearizable: the answer reflects every revision seen before the request left
+            floor = self._max_revision if method in _LINEARIZABLE else None
             try:
                 resp = fn(
                     request,
-                    timeout=min(remaining, self.attempt_timeout),
+                    timeout=policy.attempt_timeout(),
                     metadata=self._metadata(use_token),
                 )
-                return (resp, idx) if with_idx else resp
             except _grpc().RpcError as e:
-                kind = _classify(e, closed=self._closed)
-                last = _describe(e)
-                if kind == _REAUTH and use_token and self._has_credentials() and not reauthed:
-                    reauthed = True
-                    self._reauthenticate(token, deadline)
-                    continue
-                if kind in (_REAUTH, _AUTH):
-                    raise EtcdAuthError(f"etcd {method} refused: {last}") from None
-                if kind == _FATAL:
-                    raise EtcdError(f"etcd {method} failed: {last}") from None
-            self._advance(idx)
-            failures += 1
-            if failures % len(self._targets) == 0:
-                # a whole round failed: pause briefly (channels reconnect within ~1 s)
-                rounds = failures // len(self._targets)
-                pause = min(0.05 * 2 ** min(rounds, 4), 0.5, deadline - time.monotonic())
-                if pause > 0:
-                    time.sleep(pause)
+                policy.failed(e, idx, token)
+                continue
+            self._check_identity(resp.header, floor)
+            return (resp, idx) if with_idx else resp
 
 
 def _compare_pb(pb: Any, c: Compare) -> Any:

@@ -169,9 +169,13 @@ class Contention:
             self.promoted_rev = res.revision
         return res.succeeded
 
-    def still_mine(self) -> bool:
-        kv, _ = self.client.get(self.key)
-        return kv is not None and kv.create_revision == self.rev
+    def check(self) -> int | None:
+        """One read of my key: the header revision of that read if the key is still mine
+        (watch from there + 1 and no delete can be missed), None if it is gone."""
+        kv, revision = self.client.get(self.key)
+        if kv is None or kv.create_revision != self.rev:
+            return None
+        return revision
 
     def withdraw(self) -> None:
         """Guarded delete of my key (a no-op if it is gone or was re-created by someone else)."""

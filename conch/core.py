@@ -11,6 +11,7 @@ lease loss campaigns again instead of exiting 70.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -20,14 +21,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from conch import __version__
 from conch.backoff import Backoff
-from conch.client import Client, EtcdError, Watch, WatchCompacted
+from conch.client import Client, EtcdClusterChanged, EtcdError, Watch, WatchCompacted
 from conch.contend import Contention, Outcome
 from conch.errors import (
     EXIT_LEASE_LOST,
     EXIT_NOT_ACQUIRED,
+    EXIT_OSERR,
     EXIT_UNAVAILABLE,
     ConchError,
     child_exit_code,
@@ -35,6 +38,10 @@ from conch.errors import (
 )
 from conch.holder import HolderRecord, redact, rfc3339
 from conch.session import Session
+
+if TYPE_CHECKING:
+    from conch.supervisor import Child
+    from conch.watchdog import Watchdog
 
 log = logging.getLogger("conch")
 
@@ -95,7 +102,8 @@ def _record(spec: RunSpec) -> HolderRecord:
 
 
 class KeyWatch:
-    """Watches the holder's own key; its deletion means the slot is gone (lease loss)."""
+    """Watches the holder's own key; its deletion means the slot is gone (lease loss). This
+    thread guards the promise: if it ever fails, the hold ends as a loss."""
 
     def __init__(self, client: Client, c: Contention, session: Session, start_rev: int) -> None:
         self.client, self.c, self.session = client, c, session
@@ -107,10 +115,28 @@ class KeyWatch:
         self._t.start()
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        except BaseException as e:  # never die silently: without this watch a delete goes unseen
+            self.session.mark_lost(f"holder-key watch failed: {type(e).__name__}: {e}")
+
+    def _recheck(self) -> int | None:
+        """One read: the revision to watch from (None: my key is gone). A second read for the
+        start revision would miss a delete that falls between the two."""
+        rev = self.c.check()
+        if rev is None:
+            self.session.mark_lost("holder key was deleted")
+            return None
+        return rev + 1
+
+    def _watch(self) -> None:
         rev = self.start_rev
         while not self._stop.is_set() and not self.session.lost.is_set():
             try:
                 w = self.client.watch(self.c.key, start_revision=rev, no_put=True)
+            except EtcdClusterChanged as e:
+                self.session.mark_lost(str(e))
+                return
             except EtcdError as e:
                 log.debug("holder-key watch: %s; retrying", e)
                 self._stop.wait(0.5)
@@ -125,21 +151,24 @@ class KeyWatch:
                     try:
                         events = w.get(1.0)
                     except WatchCompacted:
-                        if not self.c.still_mine():
-                            self.session.mark_lost("holder key was deleted")
+                        next_rev = self._recheck()
+                        if next_rev is None:
                             return
-                        _, rev = self.client.get(self.c.key)
-                        rev += 1
+                        rev = next_rev
                         break
                     if events:
                         self.session.mark_lost("holder key was deleted")
                         return
+            except EtcdClusterChanged as e:
+                self.session.mark_lost(str(e))
+                return
             except EtcdError as e:
                 log.debug("holder-key watch broke: %s; re-checking", e)
                 try:
-                    if not self.c.still_mine():
-                        self.session.mark_lost("holder key was deleted")
+                    next_rev = self._recheck()
+                    if next_rev is None:
                         return
+                    rev = next_rev
                 except EtcdError:
                     pass  # the keepalive deadline decides
                 self._stop.wait(0.5)
@@ -155,9 +184,18 @@ class KeyWatch:
         self._t.join(timeout=2.0)
 
 
+class Ending(enum.Enum):
+    """How one hold ended."""
+
+    EXITED = "exited"  # the child exited on its own: conch exits with its code
+    LOST = "lost"  # the slot could not be trusted while the child ran: group killed, 70
+    SIGNAL = "signal"  # conch got a signal: forwarded, group ended, 128+S
+    NOT_STARTED = "not started"  # the lease was untrusted before the spawn: nothing ran
+
+
 @dataclass
 class HoldResult:
-    how: str  # "exited" | "lost" | "signal"
+    ending: Ending
     code: int  # exit code conch should use
     ran_for: float = 0.0
     reason: str = ""
@@ -166,7 +204,11 @@ class HoldResult:
 def hold(
     client: Client, session: Session, c: Contention, spec: RunSpec, sig: Signals, rev: int
 ) -> HoldResult:
-    """Run the child while the slot is ours. Returns how it ended; the group is dead on return."""
+    """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
+
+    The watchdog is started before the child (a failure to start it means nothing ran) and
+    armed right after the spawn; if arming fails, the child is killed before the slot is
+    given up. Raises ConchError when the child or its watchdog cannot be started."""
     from conch.supervisor import Child
     from conch.watchdog import Watchdog
 
@@ -182,42 +224,81 @@ def hold(
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
         if not session.is_trusted():
-            return HoldResult("lost", EXIT_LEASE_LOST, reason=session.loss_reason or "deadline")
-        started = time.monotonic()
-        child = Child.spawn(spec.cmd, env)
-        wd = Watchdog.start(child.pgid, spec.kill_after, session.deadline())
+            reason = session.loss_reason or "lease could not be confirmed in time"
+            return HoldResult(Ending.NOT_STARTED, EXIT_LEASE_LOST, reason=reason)
+        try:
+            wd = Watchdog.spawn()
+        except OSError as e:
+            raise ConchError(f"cannot start the watchdog: {_oserror(e)}", EXIT_OSERR) from e
+        try:
+            started = time.monotonic()
+            child = Child.spawn(spec.cmd, env)
+        except BaseException:
+            wd.disarm()
+            raise
+        try:
+            wd.arm(child.pgid, spec.kill_after, session.deadline())
+        except OSError as e:
+            child.terminate_group(spec.kill_after)  # never leave a child unwatched
+            wd.disarm()
+            raise ConchError(
+                f"the watchdog died before it was armed ({_oserror(e)}): child killed",
+                EXIT_OSERR,
+            ) from e
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
         try:
-            while True:
-                if sig.received is not None:
-                    s = sig.received
-                    child.terminate_group(spec.kill_after, sig=s)
-                    return HoldResult("signal", signal_exit_code(s), time.monotonic() - started)
-                if not session.is_trusted():
-                    reason = session.loss_reason or "lease could not be confirmed in time"
-                    log.warning("lease lost (%s); killing the child", reason)
-                    child.terminate_group(spec.kill_after)
-                    return HoldResult("lost", EXIT_LEASE_LOST, reason=reason)
-                rc = child.poll()
-                if rc is not None:
-                    ran = time.monotonic() - started
-                    child.reap_group(spec.kill_after)
-                    wd.disarm()
-                    if wd.fired() or not session.is_trusted():
-                        # the watchdog killed it while conch was paused or stuck
-                        reason = session.loss_reason or "lease could not be confirmed in time"
-                        session.mark_lost(reason)
-                        return HoldResult("lost", EXIT_LEASE_LOST, ran, reason)
-                    return HoldResult("exited", child_exit_code(rc), ran)
-                sig.wake.wait(TICK)
-                sig.wake.clear()
+            return _supervise(child, wd, session, spec, sig, started)
         finally:
             unrenew()
             wd.disarm()
     finally:
         unhook()
         kw.stop()
+
+
+def _supervise(
+    child: Child, wd: Watchdog, session: Session, spec: RunSpec, sig: Signals, started: float
+) -> HoldResult:
+    """The main loop while the child runs: a signal, a lost or unconfirmed lease, a dead
+    watchdog, or the child's exit ends it."""
+    while True:
+        if sig.received is not None:
+            s = sig.received
+            child.terminate_group(spec.kill_after, sig=s)
+            return HoldResult(Ending.SIGNAL, signal_exit_code(s), time.monotonic() - started)
+        reason = ""
+        if not session.is_trusted():
+            reason = session.loss_reason or "lease could not be confirmed in time"
+        elif not wd.alive():  # nothing would kill the child if conch died or paused now
+            reason = f"the watchdog died (exit status {wd.returncode})"
+            session.mark_lost(reason)
+        if reason:
+            log.warning("lease lost (%s); killing the child", reason)
+            child.terminate_group(spec.kill_after)
+            return HoldResult(Ending.LOST, EXIT_LEASE_LOST, reason=reason)
+        rc = child.poll()
+        if rc is not None:
+            # How it ended is decided now: a deadline that passes, or a signal that arrives,
+            # while the rest of the group is reaped does not change it. An untrusted lease at
+            # this point means the watchdog killed the child while conch was paused or stuck.
+            ran = time.monotonic() - started
+            trusted = session.is_trusted()
+            child.reap_group(spec.kill_after)
+            wd.disarm()
+            if not trusted:
+                reason = session.loss_reason or "lease could not be confirmed in time"
+                session.mark_lost(reason)
+                return HoldResult(Ending.LOST, EXIT_LEASE_LOST, ran, reason)
+            if sig.received is not None:  # arrived during the reap: conch exits 128+S
+                return HoldResult(Ending.SIGNAL, signal_exit_code(sig.received), ran)
+            return HoldResult(Ending.EXITED, child_exit_code(rc), ran)
+        sig.wake.wait(TICK)
+        sig.wake.clear()
+
+
+def _oserror(e: OSError) -> str:
+    return e.strerror or str(e)
 
 
 def _sleep(sig: Signals, seconds: float, session: Session | None = None) -> None:
@@ -237,6 +318,15 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
     campaign_backoff = Backoff(initial=0.5, maximum=5.0)
     ran_once = False
     stale: list[int] = []  # leases lost during an outage, revoked once etcd answers again
+
+    def etcd_trouble(e: EtcdError) -> None:
+        """While campaigning: a --restart service that has run retries; anything else ends
+        with 69. A changed cluster identity always ends: nothing is ever acquired there."""
+        if isinstance(e, EtcdClusterChanged) or not (spec.restart and ran_once):
+            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from e
+        log.warning("etcd trouble while campaigning (%s); retrying", e)
+        _sleep(sig, campaign_backoff.after_exit(0))
+
     while True:
         if sig.received is not None:
             return signal_exit_code(sig.received)
@@ -246,18 +336,15 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         try:
             session.open()
         except EtcdError as e:
-            if spec.restart and ran_once:
-                log.warning("cannot open a lease (%s); retrying", e)
-                _sleep(sig, campaign_backoff.after_exit(0))
-                continue
-            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from e
+            etcd_trouble(e)
+            continue
         c = Contention(
             client,
             spec.directory,
             spec.slots,
             session.lease_id,
             _record(spec),
-            lost=session.lost.is_set,
+            lost=lambda session=session: not session.is_trusted(),
         )
         unwake = session.on_lost(lambda _r: sig.wake.set())
         try:
@@ -265,11 +352,8 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         except EtcdError as e:
             unwake()
             session.close()
-            if spec.restart and ran_once:
-                log.warning("etcd error while campaigning (%s); retrying", e)
-                _sleep(sig, campaign_backoff.after_exit(0))
-                continue
-            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from e
+            etcd_trouble(e)
+            continue
         if outcome is not Outcome.HELD:
             unwake()
             _withdraw(c, session)
@@ -288,12 +372,21 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                 unwake()
                 _withdraw(c, session)  # e.g. the command cannot be run: leave no key behind
                 raise
+            if res.ending is Ending.NOT_STARTED:
+                # promoted, but the lease could not be trusted before the spawn: nothing ran,
+                # so this is a waiter that lost its lease: it queues again (guarantees.md)
+                unwake()
+                if not session.close(revoke=True):
+                    stale.append(session.lease_id)
+                log.info("lease untrusted before the child started (%s); queueing again",
+                         res.reason)  # fmt: skip
+                break
             ran_once = True
-            if res.how == "signal":
+            if res.ending is Ending.SIGNAL:
                 unwake()
                 _withdraw(c, session)
                 return res.code
-            if res.how == "lost":
+            if res.ending is Ending.LOST:
                 unwake()
                 if not session.close(revoke=True):
                     stale.append(session.lease_id)
@@ -318,15 +411,16 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                     stale.append(session.lease_id)
                 break
             try:
-                if not c.still_mine():
-                    session.mark_lost("holder key is gone")
-                    unwake()
-                    session.close(revoke=True)  # the key is gone: nothing stale is left
-                    break
-                rev = client.get(c.key)[1]
+                checked = c.check()  # one read: the key is mine, and the watch starts there
             except EtcdError as e:
                 log.debug("re-check before restart failed: %s", e)
                 continue  # hold() re-checks trust before spawning
+            if checked is None:
+                session.mark_lost("holder key is gone")
+                unwake()
+                session.close(revoke=True)  # the key is gone: nothing stale is left
+                break
+            rev = checked
 
 
 def _acquire(

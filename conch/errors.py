@@ -6,6 +6,7 @@ EXIT_NO_HOLDER = 1  # --who found no holder
 EXIT_USAGE = 2  # bad flag, duration, name, schedule, zone, file; nothing written to etcd
 EXIT_UNAVAILABLE = 69  # etcd unreachable or auth refused before the child started
 EXIT_LEASE_LOST = 70  # lease lost while the child ran; child group killed
+EXIT_OSERR = 71  # the system refused a process or pipe (EAGAIN, EMFILE): cannot run safely
 EXIT_NOT_ACQUIRED = 75  # --nonblock not acquired, or --timeout passed; no key left behind
 
 

@@ -2,8 +2,8 @@
 trusted (the etcd Go concurrency package's Session, plus a local deadline).
 
 The local deadline. etcd expires a lease TTL seconds after the *server received* the last
-keepalive; that receipt happened after we *sent* it. So, measured on our monotonic clock, the
-lease cannot expire before `sent + TTL`, where `sent` is the send time of the last keepalive
+keepalive; that receipt happened after we *sent* it. So, measured on our clock, the lease
+cannot expire before `sent + TTL`, where `sent` is the send time of the last keepalive
 that the server acknowledged with TTL > 0. conch stops trusting the lease a safety margin
 earlier:
 
@@ -13,8 +13,14 @@ When the deadline passes without a fresher acknowledgement, the session is lost,
 server can hand the slot to someone else (up to clock-rate differences, which the margin
 absorbs). A keepalive answered with TTL <= 0 (lease revoked or expired) loses it at once.
 
-Keepalives are sent every granted_ttl / 3; after a failed one the loop retries every
-`retry_interval` (failing over between endpoints inside the client) until the deadline.
+The clock is CLOCK_BOOTTIME (conch.watchdog.clock), not CLOCK_MONOTONIC: it keeps counting
+while the host is suspended, as the server's clock does, so a lease that expired during a
+suspend is not trusted after the resume.
+
+Keepalives are sent every granted_ttl / 3. One keepalive call may take until the deadline: the
+client fails over between endpoints inside it (a hung member costs one attempt of at most half
+the time left), so every TTL survives one hung member. A call that fails outright is retried
+after `retry_interval` (at most a quarter of the time left).
 
 Quorum confirmation. etcd's leader renews leases locally, without a quorum round, so a leader
 that has just lost its quorum keeps acknowledging keepalives until it notices and steps down
@@ -31,10 +37,10 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 
-from conch.client import Client, EtcdError
+from conch.client import Client, EtcdClusterChanged, EtcdError
+from conch.watchdog import clock as deadline_clock
 
 log = logging.getLogger("conch.session")
 
@@ -55,7 +61,7 @@ class Session:
         *,
         retry_interval: float = 0.5,
         probe_key: bytes | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = deadline_clock,
     ) -> None:
         self.client = client
         self.probe_key = probe_key
@@ -137,6 +143,16 @@ class Session:
 
     # -- keepalive loop -----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._keepalive_loop()
+        except BaseException as e:  # this thread guards the promise: never die silently
+            self.mark_lost(f"keepalive thread failed: {type(e).__name__}: {e}")
+
+    def _retry_at(self) -> float:
+        now = self.clock()
+        return now + min(self.retry_interval, max(0.05, (self.deadline() - now) / 4))
+
+    def _keepalive_loop(self) -> None:
         interval = max(self.granted_ttl / 3.0, 0.2)
         next_send = self.clock() + interval
         while not self._stop.is_set() and not self.lost.is_set():
@@ -152,27 +168,28 @@ class Session:
                 self._stop.wait(min(next_send, deadline) - now)
                 continue
             sent = self.clock()
-            timeout = max(0.05, min(interval, deadline - sent))
             try:
-                ttl = self.client.lease_keepalive(self.lease_id, timeout=timeout)
+                ttl = self.client.lease_keepalive(self.lease_id, timeout=deadline - sent)
+            except EtcdClusterChanged as e:
+                self.mark_lost(str(e))
+                return
             except EtcdError as e:
                 log.debug("keepalive of lease %x failed: %s", self.lease_id, e)
-                next_send = self.clock() + self.retry_interval
-                continue
-            except Exception as e:  # never let the thread die silently
-                log.debug("keepalive of lease %x crashed: %r", self.lease_id, e)
-                next_send = self.clock() + self.retry_interval
+                next_send = self._retry_at()
                 continue
             if ttl <= 0:
                 self.mark_lost(f"lease {self.lease_id:x} expired or was revoked")
                 return
             if self.probe_key is not None:
                 try:  # a linearizable read: did the cluster still have a quorum after the ack?
-                    left = max(0.05, min(interval, self.deadline() - self.clock()))
+                    left = max(0.05, self.deadline() - self.clock())
                     self.client.get(self.probe_key, timeout=left)
-                except Exception as e:
+                except EtcdClusterChanged as e:
+                    self.mark_lost(str(e))
+                    return
+                except EtcdError as e:
                     log.debug("quorum probe after keepalive failed: %s", e)
-                    next_send = self.clock() + self.retry_interval
+                    next_send = self._retry_at()
                     continue
             new_deadline = local_deadline(sent, ttl)
             with self._lock:

@@ -27,7 +27,7 @@ import threading
 import time
 
 from conch import watchdog
-from conch.errors import ConchError, UsageError, child_exit_code
+from conch.errors import EXIT_OSERR, ConchError, UsageError, child_exit_code
 
 # How long to wait for a SIGKILLed group to vanish before giving up (SIGKILL cannot be caught;
 # only a task stuck in uninterruptible sleep outlasts this).
@@ -38,6 +38,8 @@ _POLL = 0.02
 _PIDFD_MAX_WAIT = 1.0
 
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+# the system refused a process, a pipe or memory: not the command's fault (EX_OSERR)
+_NO_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
 
 def exit_code_for(returncode: int) -> int:
@@ -84,8 +86,10 @@ class Child:
     def spawn(cls, argv: list[str], env: dict[str, str]) -> Child:
         """Start `argv` (no shell; PATH looked up in `env`) with inherited stdio.
 
-        Raises ConchError with exit code 127 if the command is not found, 126 if it cannot be
-        executed (like a shell), UsageError for an empty command or one containing NUL."""
+        Raises ConchError with exit code 127 if the command is not found, 71 (EX_OSERR) if the
+        system refused a process or file descriptor (EAGAIN at a pids limit, EMFILE), 126 if it
+        cannot be executed otherwise (like a shell), UsageError for an empty command or one
+        containing NUL."""
         if not argv or not argv[0]:
             raise UsageError("no command to run")
         _unignore_sigchld()
@@ -95,7 +99,7 @@ class Child:
             raise UsageError(f"cannot run {argv[0]!r}: {e}") from e
         except OSError as e:
             reason = e.strerror or str(e)
-            code = 127 if e.errno in _NOT_FOUND else 126
+            code = 127 if e.errno in _NOT_FOUND else EXIT_OSERR if e.errno in _NO_RESOURCES else 126
             raise ConchError(f"cannot run {argv[0]!r}: {reason}", exit_code=code) from e
         return cls(popen)
 

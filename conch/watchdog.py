@@ -9,8 +9,8 @@ outside the package, in ~10 ms.
 Protocol (one text line per message, on the watchdog's stdin):
 
 ``arm PGID KILL_AFTER DEADLINE``
-    Watch process group PGID. DEADLINE is an absolute ``time.monotonic()`` value: CLOCK_MONOTONIC
-    is system-wide on Linux, so the two processes share it. ``inf`` means no deadline.
+    Watch process group PGID. DEADLINE is an absolute time on :func:`clock` (CLOCK_BOOTTIME,
+    system-wide on Linux, so the two processes share it). ``inf`` means no deadline.
 ``deadline DEADLINE``
     A new deadline; the latest line wins. conch pushes one each time its lease keepalive is
     acknowledged.
@@ -22,7 +22,7 @@ up to KILL_AFTER for the group to have no live member, SIGKILL to the group, exi
 
 * its stdin reaches EOF while armed (conch died: the kernel closes the pipe as conch exits,
   whatever killed it, SIGKILL included);
-* monotonic time passes DEADLINE (conch is paused — SIGSTOP, Ctrl-Z — or its keepalive thread
+* :func:`clock` passes DEADLINE (conch is paused — SIGSTOP, Ctrl-Z — or its keepalive thread
   is stuck, so it can no longer confirm its lease). Input already in the pipe is read before
   the deadline is judged, so a ``disarm``/``deadline`` written in time is honoured;
 * it gets SIGTERM while armed. Choice: a SIGTERM to the watchdog is treated like conch's death,
@@ -45,9 +45,10 @@ Resulting bound (what docs/guarantees.md may rely on):
 
 Not covered: a process that leaves the group (``setsid``/``setpgid``, e.g. a daemonizing
 grandchild) escapes it, as it escapes conch's own ``killpg``; a SIGKILL of the watchdog itself
-removes the net (conch can check :meth:`Watchdog.alive`); if conch dies in the short window
-between spawning the child and :meth:`Watchdog.start` writing ``arm`` (one fork/exec), the
-child is not watched.
+removes the net (conch checks :meth:`Watchdog.alive` while the child runs, and treats a dead
+watchdog as a lost lease); conch starts the watchdog before the child and arms it right after
+the spawn (one pipe write), so only a conch killed between those two steps leaves an
+unwatched child.
 """
 
 from __future__ import annotations
@@ -70,8 +71,19 @@ if TYPE_CHECKING:  # the client imports these lazily: the standalone watchdog mu
 EXIT_DISARMED = 0
 EXIT_FIRED = 1
 
-# Upper bound on one wait in the main loop (also a guard against a clock that jumps oddly).
+# Upper bound on one wait in the main loop. It also bounds how late a deadline that passed while
+# the host was suspended is noticed after the resume (poll's timeout does not count suspended
+# time; clock() does).
 _MAX_WAIT = 1.0
+
+
+def clock() -> float:
+    """The clock of every lease deadline in conch (seconds): CLOCK_BOOTTIME. Unlike
+    CLOCK_MONOTONIC it keeps counting while the host is suspended — as the etcd server's clock
+    does, so a lease that expired during a suspend is not trusted after the resume."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 # Polling interval while waiting for a signalled group to empty.
 _GROUP_POLL = 0.02
 
@@ -255,7 +267,7 @@ def _run(stdin_fd: int = 0) -> int:
     while True:
         timeout = _MAX_WAIT
         if state.armed:
-            timeout = max(0.0, min(timeout, state.deadline - time.monotonic()))
+            timeout = max(0.0, min(timeout, state.deadline - clock()))
         for fd, _events in poller.poll(timeout * 1000.0):
             if fd == wake_r:
                 try:
@@ -283,7 +295,7 @@ def _run(stdin_fd: int = 0) -> int:
                         return EXIT_DISARMED
         if eof or terminated:
             return fire() if state.armed else EXIT_DISARMED
-        if state.armed and time.monotonic() >= state.deadline:
+        if state.armed and clock() >= state.deadline:
             return fire()
 
 
@@ -300,11 +312,11 @@ def main() -> int:
 class Watchdog:
     """conch's handle on its watchdog process. Thread-safe; `update` and `disarm` never raise."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], pgid: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         import threading
 
         self._proc = proc
-        self.pgid = pgid
+        self.pgid = 0  # the group watched, once armed
         stdin = proc.stdin
         assert stdin is not None
         self._stdin: IO[bytes] | None = stdin
@@ -317,14 +329,14 @@ class Watchdog:
         return self._proc.pid
 
     @classmethod
-    def start(cls, pgid: int, kill_after: float, deadline: float) -> Watchdog:
-        """Spawn the watchdog and arm it on `pgid`. Raises OSError if it cannot be started."""
+    def spawn(cls) -> Watchdog:
+        """Start the watchdog process, not yet armed (EOF before ``arm`` makes it exit quietly).
+        conch starts it *before* the child, so that a failure to start it (EAGAIN at a pids
+        limit, EMFILE) means nothing ran. Raises OSError."""
         import subprocess
 
-        if pgid <= 1 or pgid == os.getpgrp():
-            raise ValueError(f"refusing to watch process group {pgid}")
         if not sys.executable:
-            raise OSError("cannot start the watchdog: no Python interpreter (sys.executable)")
+            raise OSError("no Python interpreter (sys.executable) to run the watchdog")
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
@@ -333,17 +345,46 @@ class Watchdog:
             start_new_session=True,
             close_fds=True,
         )
-        wd = cls(proc, pgid)
+        return cls(proc)
+
+    def arm(self, pgid: int, kill_after: float, deadline: float) -> None:
+        """Watch process group `pgid` from now on. Raises OSError if the watchdog is gone (the
+        caller must then kill the group itself: an unwatched child must not run)."""
+        if pgid <= 1 or pgid == os.getpgrp():
+            raise ValueError(f"refusing to watch process group {pgid}")
+        with self._lock:
+            if self._stdin is None:
+                raise OSError("the watchdog was disarmed")
+            os.write(self._fd, f"arm {pgid} {float(kill_after)!r} {float(deadline)!r}\n".encode())
+            # From now on a write must never block conch's keepalive thread (a stopped watchdog
+            # with a full pipe): a line is < PIPE_BUF, so it is written whole or not at all.
+            os.set_blocking(self._fd, False)
+            self.pgid = pgid
+
+    @classmethod
+    def start(cls, pgid: int, kill_after: float, deadline: float) -> Watchdog:
+        """spawn() and arm(): the watchdog of an already running group. Raises OSError (the
+        watchdog is then reaped; the group is left to the caller)."""
+        if pgid <= 1 or pgid == os.getpgrp():
+            raise ValueError(f"refusing to watch process group {pgid}")
+        wd = cls.spawn()
         try:
-            os.write(wd._fd, f"arm {pgid} {float(kill_after)!r} {float(deadline)!r}\n".encode())
+            wd.arm(pgid, kill_after, deadline)
         except OSError:
-            proc.kill()
-            proc.wait()
+            wd.kill()
             raise
-        # From now on a write must never block conch's keepalive thread (a stopped watchdog
-        # with a full pipe): a line is < PIPE_BUF, so it is written whole or not at all.
-        os.set_blocking(wd._fd, False)
         return wd
+
+    def kill(self) -> None:
+        """SIGKILL the watchdog itself and reap it (the group is not touched)."""
+        with self._lock:
+            if self._stdin is not None:
+                with contextlib.suppress(OSError):
+                    self._stdin.close()
+                self._stdin = None
+        with contextlib.suppress(OSError):
+            self._proc.kill()
+        self._proc.wait()
 
     def _send(self, line: str) -> None:
         """Write one line; caller holds the lock. Never raises."""
@@ -357,7 +398,7 @@ class Watchdog:
             self.broken = True
 
     def update(self, deadline: float) -> None:
-        """Push a new absolute time.monotonic() deadline. Never raises."""
+        """Push a new absolute deadline on :func:`clock`. Never raises."""
         with self._lock:
             self._send(f"deadline {float(deadline)!r}\n")
 

@@ -21,7 +21,7 @@ import pytest
 
 from conch.errors import ConchError
 from conch.supervisor import Child, exit_code_for
-from conch.watchdog import EXIT_DISARMED, EXIT_FIRED, Watchdog
+from conch.watchdog import EXIT_DISARMED, EXIT_FIRED, Watchdog, clock
 
 # Allowance for scheduling delays on a loaded 2-core machine.
 SLACK = 2.0
@@ -404,7 +404,7 @@ FAKE_CONCH = textwrap.dedent(
     """
     import os, sys, time
     from conch.supervisor import Child
-    from conch.watchdog import Watchdog
+    from conch.watchdog import Watchdog, clock
     out, kill_after, ahead = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     push, ignore = sys.argv[4] == "1", sys.argv[5]
     child = Child.spawn(
@@ -413,12 +413,12 @@ FAKE_CONCH = textwrap.dedent(
     )
     while not os.path.exists(out + ".ready"):
         time.sleep(0.01)
-    wd = Watchdog.start(child.pgid, kill_after, time.monotonic() + ahead)
+    wd = Watchdog.start(child.pgid, kill_after, clock() + ahead)
     print(child.pid, wd.pid, flush=True)
     while True:
         time.sleep(0.1)
         if push:
-            d = time.monotonic() + ahead
+            d = clock() + ahead
             wd.update(d)
             with open(out + ".deadlines", "a") as f:
                 f.write(f"{d!r}\\n")
@@ -509,7 +509,7 @@ def test_watchdog_kills_group_at_deadline_when_conch_is_stopped(
 def test_watchdog_disarm_leaves_the_group_alone(tracker: Tracker, tmp_path: Path) -> None:
     out = tmp_path / "c"
     c = start_ready_child(tracker, out)
-    wd = Watchdog.start(c.pgid, KILL_AFTER, time.monotonic() + 0.3)
+    wd = Watchdog.start(c.pgid, KILL_AFTER, clock() + 0.3)
     wd.disarm()
     assert wd.returncode == EXIT_DISARMED
     assert not wd.alive()
@@ -524,13 +524,13 @@ def test_watchdog_deadline_updates_postpone_the_kill(tracker: Tracker, tmp_path:
     out = tmp_path / "c"
     c = start_ready_child(tracker, out)
     ahead = 1.0
-    wd = Watchdog.start(c.pgid, KILL_AFTER, time.monotonic() + ahead)
+    wd = Watchdog.start(c.pgid, KILL_AFTER, clock() + ahead)
     try:
         # Keep pushing for well past the first deadline: the child must survive.
         end = time.monotonic() + 2.5 * ahead
         last = 0.0
         while time.monotonic() < end:
-            last = time.monotonic() + ahead
+            last = clock() + ahead
             wd.update(last)
             assert c.poll() is None, "killed although the deadline was being pushed"
             time.sleep(0.1)
@@ -550,13 +550,13 @@ def test_watchdog_deadline_updates_postpone_the_kill(tracker: Tracker, tmp_path:
 def test_watchdog_ignores_sigint_and_fires_on_sigterm(tracker: Tracker, tmp_path: Path) -> None:
     out = tmp_path / "c"
     c = start_ready_child(tracker, out)
-    wd = Watchdog.start(c.pgid, KILL_AFTER, time.monotonic() + 600.0)
+    wd = Watchdog.start(c.pgid, KILL_AFTER, clock() + 600.0)
     try:
         # Signals sent before it has set its dispositions would hit Python's defaults.
         wait_until(lambda: ignores(wd.pid, signal.SIGINT, signal.SIGHUP), SLACK, "its handlers")
         os.kill(wd.pid, signal.SIGINT)
         os.kill(wd.pid, signal.SIGHUP)
-        wd.update(time.monotonic() + 600.0)
+        wd.update(clock() + 600.0)
         assert not wd.broken and wd.alive() and c.poll() is None
         os.kill(wd.pid, signal.SIGTERM)
         assert c.wait(KILL_AFTER + SLACK) == -signal.SIGTERM
@@ -569,11 +569,11 @@ def test_watchdog_ignores_sigint_and_fires_on_sigterm(tracker: Tracker, tmp_path
 def test_watchdog_update_after_its_death_does_not_raise(tracker: Tracker, tmp_path: Path) -> None:
     out = tmp_path / "c"
     c = start_ready_child(tracker, out)
-    wd = Watchdog.start(c.pgid, KILL_AFTER, time.monotonic())  # fires at once
+    wd = Watchdog.start(c.pgid, KILL_AFTER, clock())  # fires at once
     assert c.wait(KILL_AFTER + SLACK) == -signal.SIGTERM
     wait_until(lambda: not wd.alive(), KILL_AFTER + SLACK, "the watchdog to exit")
     for _ in range(3):
-        wd.update(time.monotonic() + 10)
+        wd.update(clock() + 10)
     assert wd.broken
     wd.disarm()
     assert wd.returncode == EXIT_FIRED
@@ -582,4 +582,4 @@ def test_watchdog_update_after_its_death_does_not_raise(tracker: Tracker, tmp_pa
 def test_watchdog_refuses_dangerous_groups() -> None:
     for pgid in (0, 1, os.getpgrp()):
         with pytest.raises(ValueError):
-            Watchdog.start(pgid, KILL_AFTER, time.monotonic() + 10)
+            Watchdog.start(pgid, KILL_AFTER, clock() + 10)
