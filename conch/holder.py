@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 REDACTED = "***"
+# The command in a holder record is for people reading `--who`; a record stays small (etcd
+# refuses requests over 1.5 MiB by default, and every waiter's key holds one): beyond these
+# bounds the command is abbreviated.
+MAX_ARG_CHARS = 1024
+MAX_ARGS = 64
 
 
 def rfc3339(ts: float) -> str:
@@ -23,9 +28,13 @@ def rfc3339(ts: float) -> str:
 
 
 def redact(cmd: list[str], secret: str | None) -> list[str]:
-    if not secret:
-        return list(cmd)
-    return [arg.replace(secret, REDACTED) for arg in cmd]
+    """The command as a holder record shows it: the password replaced, and abbreviated to
+    MAX_ARGS arguments of MAX_ARG_CHARS characters ("..." marks a cut)."""
+    shown = [arg.replace(secret, REDACTED) for arg in cmd] if secret else list(cmd)
+    shown = [a if len(a) <= MAX_ARG_CHARS else a[:MAX_ARG_CHARS] + "..." for a in shown]
+    if len(shown) > MAX_ARGS:
+        shown = [*shown[:MAX_ARGS], f"... ({len(shown) - MAX_ARGS} more)"]
+    return shown
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,10 @@ def test_password_never_in_usage_errors_or_repr(user: str, tail: str) -> None:
 
 
 def test_tls_files_must_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trustme
+
     ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    trustme.CA().cert_pem.write_to_path(str(ca))
     assert client_config(Globals(cacert=str(ca), endpoints="h:1")).endpoints == ("https://h:1",)
     with pytest.raises(UsageError, match="cacert"):
         client_config(Globals(cacert=str(tmp_path / "missing.pem")))
