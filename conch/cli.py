@@ -384,6 +384,8 @@ def cron_add(
     **kw: Any,
 ) -> int:
     """Define (or with --replace, change) job NAME: run CMD at each tick of SPEC."""
+    from datetime import UTC, datetime
+
     from conch import cron as cronmod
     from conch import options
     from conch.schedule import Schedule, ScheduleError
@@ -408,9 +410,13 @@ def cron_add(
     prefix = options.prefix(g)
     options.client_config(g)  # every check before the first byte goes to etcd
     job = cronmod.host_record(argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap)
+    try:
+        cronmod.check_definition_size(job)
+    except cronmod.DefinitionTooLarge as e:
+        raise UsageError(str(e)) from None
     client = _connect(g)
     try:
-        cronmod.add_job(client, prefix, job, replace)
+        cronmod.add_job(client, prefix, job, replace, cronmod.tick_us(datetime.now(UTC)))
     except cronmod.JobExists:
         raise ConchError(
             f"cron job {name!r} already exists (conch cron add --replace changes it)", 1

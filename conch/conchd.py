@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
@@ -23,6 +24,8 @@ import subprocess
 import threading
 import time
 import unicodedata
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -30,8 +33,16 @@ from typing import Any, NoReturn
 import click
 
 from conch import __version__, cron, keys
-from conch.client import Client, EtcdAuthError, EtcdError, Watch, WatchCompacted
-from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError, child_exit_code
+from conch.client import (
+    Client,
+    EtcdAuthError,
+    EtcdClusterChanged,
+    EtcdError,
+    EventType,
+    Watch,
+    WatchCompacted,
+)
+from conch.errors import EXIT_OSERR, EXIT_UNAVAILABLE, ConchError, UsageError, child_exit_code
 from conch.holder import rfc3339
 
 log = logging.getLogger("conch.conchd")
@@ -42,6 +53,7 @@ CLAIM_TIMEOUT = 5.0  # longest single claim transaction
 RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
 MAX_LINE = 8192  # longer output lines are logged in pieces
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+_NO_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,6 +84,7 @@ class NoMetrics:
     def lag(self, job: str, seconds: float) -> None: ...
     def running(self, delta: int) -> None: ...
     def session(self, up: bool) -> None: ...
+    def clock_offset(self, seconds: float) -> None: ...
 
 
 class Metrics(NoMetrics):
@@ -82,8 +95,9 @@ class Metrics(NoMetrics):
 
         self._claims = pc.Counter(
             "conchd_claims",
-            "Tick claims tried by this daemon: result=won (this daemon claimed the tick) or "
-            "lost (another daemon had claimed it)",
+            "Tick claims tried by this daemon: result=won (this daemon claimed the tick), "
+            "lost (another daemon had claimed it) or behind (a newer tick of the job was "
+            "already claimed, or the job is newer than the tick)",
             ["job", "result"],
         )
         self._runs = pc.Counter(
@@ -108,6 +122,11 @@ class Metrics(NoMetrics):
         self._session = pc.Gauge(
             "conchd_session_up", "1 while this daemon holds a lease it trusts (it claims ticks)"
         )
+        self._clock_offset = pc.Gauge(
+            "conchd_clock_offset_seconds",
+            "This host's wall clock minus the other daemons' (median; from their heartbeats). "
+            "Beyond 1 s in either direction the daemon schedules by their time",
+        )
         try:
             pc.start_http_server(port, addr=host)
         except OSError as e:
@@ -129,6 +148,9 @@ class Metrics(NoMetrics):
 
     def session(self, up: bool) -> None:
         self._session.set(1 if up else 0)
+
+    def clock_offset(self, seconds: float) -> None:
+        self._clock_offset.set(seconds)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,6 +255,21 @@ class Run:
         t0, m0 = time.time(), time.monotonic()
         d.metrics.lag(job.name, t0 - self.us / 1e6)
         rec = replace(self.record, rev=self.rev, started=rfc3339(t0))
+
+        def not_run(code: int, msg: str) -> cron.RunRecord:
+            log.warning("%s: %s", self.label, msg)
+            d.metrics.run(job.name, "failed", 0.0)
+            return replace(
+                rec, status="failed", exit_code=code, finished=rfc3339(time.time()),
+                duration=0.0, reason=msg, output=msg,
+            )  # fmt: skip
+
+        # the watchdog first: it kills the group if conchd dies (SIGKILL, OOM), so no orphan
+        # outlives its daemon; if it cannot be started, the job is not run at all
+        try:
+            wd = Watchdog.spawn()
+        except OSError as e:
+            return not_run(EXIT_OSERR, f"cannot start the watchdog: {e.strerror or e}")
         try:
             popen = subprocess.Popen(
                 list(job.cmd),
@@ -244,23 +281,26 @@ class Run:
                 close_fds=True,
             )
         except (OSError, ValueError) as e:
-            code = 127 if isinstance(e, OSError) and e.errno in _NOT_FOUND else 126
+            wd.disarm()
+            code = 126
+            if isinstance(e, OSError) and e.errno in _NOT_FOUND:
+                code = 127
+            elif isinstance(e, OSError) and e.errno in _NO_RESOURCES:
+                code = EXIT_OSERR
             why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-            msg = f"cannot run {job.cmd[0]!r}: {why}"
-            log.warning("%s: %s", self.label, msg)
-            return replace(
-                rec, status="failed", exit_code=code, finished=rfc3339(time.time()),
-                duration=0.0, reason=msg, output=msg,
-            )  # fmt: skip
+            return not_run(code, f"cannot run {job.cmd[0]!r}: {why}")
         child = Child(popen)
         assert popen.stdout is not None
         reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
         popen.stdout.close()
-        wd = None
-        try:  # kills the group if conchd dies (SIGKILL, OOM): no orphan outlives its daemon
-            wd = Watchdog.start(child.pgid, job.kill_after, math.inf)
-        except (OSError, ValueError) as e:
-            log.warning("%s: no watchdog for the child (%s)", self.label, e)
+        try:
+            wd.arm(child.pgid, job.kill_after, math.inf)
+        except OSError as e:
+            child.terminate_group(job.kill_after)  # never run a child unwatched
+            wd.disarm()
+            reader.start()
+            reader.join(2.0)
+            return not_run(EXIT_OSERR, f"the watchdog died before it was armed: {e}")
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
                  shlex.join(job.cmd))  # fmt: skip
         reader.start()
@@ -270,6 +310,13 @@ class Run:
             rc = child.wait(0.1)
             if rc is not None:
                 break
+            if not wd.alive():  # killed or crashed: the child would outlive a dying conchd
+                log.warning("%s: the watchdog died (status %s); starting a new one",
+                            self.label, wd.returncode)  # fmt: skip
+                try:
+                    wd = Watchdog.start(child.pgid, job.kill_after, math.inf)
+                except OSError as e:
+                    log.error("%s: cannot start a new watchdog: %s", self.label, e)
             if d.stopping.is_set():
                 s = d.stop_signal or signal.SIGTERM
                 how = "interrupted"
@@ -286,11 +333,10 @@ class Run:
         duration = time.monotonic() - m0
         finished = time.time()
         child.reap_group(job.kill_after)  # grandchildren left behind get TERM, then KILL
-        if wd is not None:
-            wd.disarm()
+        wd.disarm()
         reader.join(2.0)  # a process that escaped the group may hold the pipe: do not wait
         code = child_exit_code(rc)
-        status = cron.result_status(code)
+        status = cron.result_status(code, timed_out=how == "timeout")
         log.info("%s: %s with %d after %.3fs", self.label, status, code, duration)
         d.metrics.run(job.name, status, duration)
         return replace(
@@ -310,6 +356,9 @@ class Run:
                 if warned:
                     log.info("%s: result recorded", self.label)
                 break
+            except EtcdClusterChanged as e:
+                log.error("%s: result NOT recorded (%s): %s", self.label, rec.status, e)
+                return
             except EtcdError as e:
                 now = time.monotonic()
                 if d.stopping.is_set():
@@ -369,6 +418,140 @@ class Housekeeper(threading.Thread):
 
 
 # ---------------------------------------------------------------------------------------
+# heartbeats: the wall clocks of the daemons, compared
+# ---------------------------------------------------------------------------------------
+
+HEARTBEAT = 2.0  # seconds between two heartbeats of a daemon
+
+
+class Heartbeat(threading.Thread):
+    """Publishes this daemon's wall-clock time every HEARTBEAT seconds under
+    `cron/daemons/{enc(id)}` (on its lease, so it vanishes with the daemon) and watches the
+    other daemons' heartbeats; conch.clockskew turns them into the correction of this host's
+    clock. A disagreement beyond clockskew.THRESHOLD is logged and exported as
+    `conchd_clock_offset_seconds`. On any trouble the correction stays as last known and the
+    thread goes on: it never dies silently."""
+
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        daemon_id: str,
+        host: str,
+        lease_of: Callable[[], int | None],
+        metrics: NoMetrics,
+    ) -> None:
+        from conch.clockskew import PeerClocks
+
+        super().__init__(name="heartbeat", daemon=True)
+        self.client, self.prefix, self.id, self.host = client, prefix, daemon_id, host
+        self._lease_of = lease_of
+        self._metrics = metrics
+        self._dir = keys.cron_daemons_dir(prefix)
+        self._key = keys.cron_daemon_key(prefix, daemon_id)
+        self._clocks = PeerClocks()
+        self._correction = 0.0
+        self._skewed = False
+        self._halt = threading.Event()
+        self._watch: Watch | None = None
+
+    def correction(self) -> float:
+        """Seconds to add to this host's wall clock to get the group's (0 within THRESHOLD)."""
+        return self._correction
+
+    def stop(self) -> None:
+        self._halt.set()
+        w = self._watch
+        if w is not None:
+            w.cancel()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        next_beat = 0.0
+        while not self._halt.is_set():
+            try:
+                if self._watch is None:
+                    self._watch = self._start_watch()
+                if time.monotonic() >= next_beat:
+                    self._beat()
+                    next_beat = time.monotonic() + HEARTBEAT
+                events = self._watch.get(max(0.0, next_beat - time.monotonic()))
+                self._observe(events)
+            except EtcdClusterChanged:
+                return  # the daemon stops (it sees the client's identity problem)
+            except EtcdError as e:
+                log.debug("heartbeat: %s; again in a moment", e)
+                self._drop_watch()
+                self._halt.wait(1.0)
+            except Exception:
+                log.exception("heartbeat: internal error; going on")
+                self._drop_watch()
+                self._halt.wait(1.0)
+        self._drop_watch()
+
+    def _drop_watch(self) -> None:
+        w, self._watch = self._watch, None
+        if w is not None:
+            w.cancel()
+
+    def _start_watch(self) -> Watch:
+        end = keys.prefix_range_end(self._dir)
+        kvs, rev = self.client.get_range(self._dir, end)
+        present = set()
+        for kv in kvs:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                present.add(keys.decode_name(kv.key[len(self._dir) :].decode("ascii")))
+        for peer in set(self._clocks.offsets(time.monotonic())) - present:
+            self._clocks.forget(peer)
+        return self.client.watch(self._dir, end, start_revision=rev + 1)
+
+    def _beat(self) -> None:
+        lease = self._lease_of()
+        if lease is None:
+            return
+        value = json.dumps(
+            {"id": self.id, "host": self.host, "pid": os.getpid(), "time": time.time(),
+             "version": __version__},
+            separators=(",", ":"),
+        )  # fmt: skip
+        self.client.put(self._key, value.encode(), lease=lease, timeout=CLAIM_TIMEOUT)
+
+    def _observe(self, events: list[Any]) -> None:
+        from conch.clockskew import THRESHOLD
+
+        now_m = time.monotonic()
+        for ev in events:
+            if ev.kv.key == self._key:
+                continue
+            try:
+                peer = keys.decode_name(ev.kv.key[len(self._dir) :].decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if ev.type is EventType.DELETE:
+                self._clocks.forget(peer)
+                continue
+            try:
+                peer_time = json.loads(ev.kv.value)["time"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(peer_time, int | float) and math.isfinite(peer_time):
+                self._clocks.observe(peer, float(peer_time), time.time(), now_m)
+        c = self._clocks.correction(now_m)
+        skewed = abs(c) > THRESHOLD
+        self._metrics.clock_offset(-c)
+        if skewed and (not self._skewed or abs(c - self._correction) > THRESHOLD):
+            log.warning(
+                "this host's clock is %.1fs %s the other conchd daemons' (%d peer(s)): "
+                "scheduling by their time; fix the clock (NTP)",
+                abs(c), "ahead of" if c < 0 else "behind", len(self._clocks.offsets(now_m)),
+            )  # fmt: skip
+        elif self._skewed and not skewed:
+            log.info("this host's clock agrees with the other daemons' again")
+        self._skewed = skewed
+        self._correction = c if skewed else 0.0
+
+
+# ---------------------------------------------------------------------------------------
 # the daemon
 # ---------------------------------------------------------------------------------------
 
@@ -407,12 +590,40 @@ class Daemon:
         self._outage_logged = False
         self.housekeeper = Housekeeper(client, prefix)
         self._jobs_dir = keys.cron_jobs_dir(prefix)
+        # identifies this daemon process's claims: a retried claim whose first answer was
+        # lost finds its own record (cron.claim); a restarted daemon gets a new one
+        self.claim_id = uuid.uuid4().hex
+        self.fatal: str | None = None  # set when conchd must stop (the cluster changed)
+        self.heartbeat = Heartbeat(client, prefix, daemon_id, self.host, self._lease_id, metrics)
 
     # -- signals ---------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: object = None) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
         self.stopping.set()
+
+    def stop_fatal(self, why: str) -> None:
+        """Stop as on SIGTERM (running jobs get SIGTERM, then SIGKILL after their
+        --kill-after), but exit 69: etcd is no longer the cluster this daemon claimed in, so
+        no result is written and no tick is claimed there."""
+        log.error("%s", why)
+        self.fatal = why
+        if self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM
+        self.stopping.set()
+
+    def _lease_id(self) -> int | None:
+        s = self.session
+        return s.lease_id if s is not None and s.is_trusted() else None
+
+    # -- time ------------------------------------------------------------------------------
+    def time(self) -> float:
+        """Wall-clock time as the group of daemons agrees on it (conch.clockskew): this host's
+        clock, corrected when it disagrees with its peers' by more than THRESHOLD."""
+        return time.time() + self.heartbeat.correction()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
 
     # -- main loop -------------------------------------------------------------------------
     def serve(self) -> int:
@@ -421,15 +632,22 @@ class Daemon:
             __version__, self.id, self.prefix, self.ttl, ",".join(self.client.config.endpoints),
         )  # fmt: skip
         self.housekeeper.start()
+        self.heartbeat.start()
         while not self.stopping.is_set():
             try:
                 ok = self._step()
+            except EtcdClusterChanged as e:
+                self.stop_fatal(str(e))
+                break
             except EtcdError as e:  # belt and braces: every etcd call below handles its own
                 log.warning("etcd error: %s; retrying", e)
                 ok = False
             except Exception:  # a bug must not stop a daemon that serves other jobs
                 log.exception("internal error in the scheduler loop; going on")
                 ok = False
+            if self.client.identity_problem is not None:
+                self.stop_fatal(self.client.identity_problem)
+                break
             if ok:
                 self._fail_delay = 0.5
             else:
@@ -548,7 +766,7 @@ class Daemon:
         try:
             job = cron.Job.from_json(name, kv.value)
             sched = Schedule.parse(job.schedule, job.tz)
-            due = sched.next_after(datetime.now(UTC))
+            due = sched.next_after(self.now())
         except (ValueError, OverflowError) as e:
             log.warning("job %r: ignored: %s", name, e)
             self.jobs.pop(name, None)
@@ -580,8 +798,6 @@ class Daemon:
             w.cancel()
             self._watch = None
             return
-        from conch.client import EventType
-
         for ev in events:
             if ev.type is EventType.PUT:
                 self._apply_put(ev.kv)
@@ -590,7 +806,7 @@ class Daemon:
                     self._remove(keys.cron_job_name(self.prefix, ev.kv.key))
 
     def _wait_time(self) -> float:
-        now = time.time()
+        now = self.time()
         t = MAX_WAIT
         for st in self.jobs.values():
             at = max(st.due.timestamp(), st.retry_at)
@@ -604,7 +820,7 @@ class Daemon:
             st = self.jobs.get(name)
             if st is None or self.stopping.is_set():
                 return
-            now = datetime.now(UTC)
+            now = self.now()
             if st.due > now or time.time() < st.retry_at:
                 continue
             following = st.schedule.next_after(st.due)
@@ -616,41 +832,48 @@ class Daemon:
             if s is None or not s.is_trusted():
                 return
             us = cron.tick_us(st.due)
-            left = following.timestamp() - time.time()
+            left = following.timestamp() - self.time()
             try:
                 c = cron.claim(
                     self.client, self.prefix, st.job, st.rev, us, daemon=self.id,
-                    host=self.host, lease=s.lease_id, now=rfc3339(time.time()),
-                    timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
+                    claim_id=self.claim_id, host=self.host, lease=s.lease_id,
+                    now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
                 )  # fmt: skip
+            except EtcdClusterChanged:
+                raise
             except EtcdError as e:
                 if "lease not found" in str(e):
                     s.mark_lost(f"lease {s.lease_id:x} not found")
                     return
                 log.warning("job %r tick %s: claim failed: %s; retrying", name,
                             cron.format_tick(us), e)  # fmt: skip
-                st.retry_at = time.time() + 0.5
+                st.retry_at = time.time() + 0.5  # the same tick, the same claim id
                 continue
             st.due, st.retry_at = following, 0.0
             self._claimed(st.job, us, c, s.lease_id)
 
     def _claimed(self, job: cron.Job, us: int, c: cron.Claim, lease: int) -> None:
         label = f"job {job.name!r} tick {cron.format_tick(us)}"
-        if c.outcome == "won":
+        if c.outcome is cron.ClaimOutcome.WON:
             self.metrics.claim(job.name, "won")
             r = Run(self, job, us, c, lease)
             with self._lock:
                 self.runs[(job.name, us)] = r
             r.start()
-        elif c.outcome == "skipped":
+        elif c.outcome is cron.ClaimOutcome.SKIPPED:
             self.metrics.claim(job.name, "won")
             self.metrics.run(job.name, "skipped")
             reason = c.record.reason if c.record else ""
             log.info("%s: skipped: %s (--overlap forbid)", label, reason)
             self.housekeeper.request(job.name)
-        elif c.outcome == "lost":
+        elif c.outcome is cron.ClaimOutcome.TAKEN:
             self.metrics.claim(job.name, "lost")
             log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
+        elif c.outcome is cron.ClaimOutcome.BEHIND:
+            self.metrics.claim(job.name, "behind")
+            mark = cron.format_tick(c.mark) if c.mark is not None else "?"
+            log.debug("%s: not claimed: tick %s is already claimed (or the job is newer)",
+                      label, mark)  # fmt: skip
         else:
             log.debug("%s: not claimed: the job changed or was removed meanwhile", label)
 
@@ -672,9 +895,12 @@ class Daemon:
         for r in runs:
             r.thread.join(r.job.kill_after + RESULT_GRACE + 10.0)
         self.housekeeper.stop()
+        self.heartbeat.stop()
         if self.session is not None:
             self.session.close(revoke=True)
         log.info("stopped")
+        if self.fatal is not None:
+            raise ConchError(self.fatal, EXIT_UNAVAILABLE)
         return 128 + sig
 
 

@@ -20,8 +20,8 @@ the top; the etcd operations (all through conch.client) below.
 
 from __future__ import annotations
 
+import enum
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +32,11 @@ from conch.client import Client, Compare, KeyValue, Op
 
 HISTORY = 20  # run records kept per job (the newest; alive runs are never pruned)
 TAIL_BYTES = 4096  # output tail stored in a run record
+# Largest job definition (JSON) `cron add` stores: well under etcd's default request limit
+# (--max-request-bytes, 1.5 MiB), so a too-long command is a usage error, not an etcd refusal.
+MAX_DEFINITION_BYTES = 1 << 20
+# Largest --timeout / --kill-after a definition may hold (as conch.options.MAX_FLAG_SECONDS).
+MAX_JOB_SECONDS = 365 * 86400.0
 OVERLAP_CHOICES = ("forbid", "allow")
 STORED_STATUSES = ("running", "ok", "failed", "skipped")
 STATUSES = ("running", "ok", "failed", "lost", "skipped")
@@ -39,6 +44,10 @@ STATUSES = ("running", "ok", "failed", "lost", "skipped")
 
 class JobExists(Exception):
     """`cron add` of a name that already has a definition (without --replace)."""
+
+
+class DefinitionTooLarge(ValueError):
+    """A job definition over MAX_DEFINITION_BYTES."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,6 +128,9 @@ class Job:
             raise ValueError(f"job {name!r}: no command")
         timeout = _as_float(d.get("timeout"))
         kill_after = _as_float(d.get("kill_after"))
+        for what, v in (("timeout", timeout), ("kill_after", kill_after)):
+            if v is not None and not 0 <= v <= MAX_JOB_SECONDS:
+                raise ValueError(f"job {name!r}: {what} {v!r} out of range")
         overlap = d.get("overlap", "forbid")
         if overlap not in OVERLAP_CHOICES:
             raise ValueError(f"job {name!r}: bad overlap {overlap!r}")
@@ -187,10 +199,6 @@ class RunRecord:
         )
 
 
-def new_claim_id() -> str:
-    return uuid.uuid4().hex
-
-
 def derive_status(stored: str, alive: bool) -> str:
     """What `cron ls` shows for a run: a record that still says running is `running` while its
     alive marker (on the winner's lease) exists, and `lost` once it is gone — the winner died
@@ -202,8 +210,10 @@ def derive_status(stored: str, alive: bool) -> str:
     return "lost"
 
 
-def result_status(exit_code: int) -> str:
-    return "ok" if exit_code == 0 else "failed"
+def result_status(exit_code: int, timed_out: bool = False) -> str:
+    """A finished run: `ok` for exit code 0, `failed` for anything else, and for a run that
+    passed its --timeout whatever its code (it was cut short)."""
+    return "ok" if exit_code == 0 and not timed_out else "failed"
 
 
 def prune_choice(ticks: Sequence[int], alive: set[int] | frozenset[int], keep: int) -> list[int]:
@@ -265,20 +275,36 @@ def format_table(doc: list[dict[str, Any]], last: int = LAST_IN_TABLE) -> list[s
 # ---------------------------------------------------------------------------------------
 
 
-def add_job(client: Client, prefix: str, job: Job, replace: bool) -> int:
+def check_definition_size(job: Job) -> None:
+    """Raise DefinitionTooLarge if the definition is over MAX_DEFINITION_BYTES."""
+    n = len(job.to_json())
+    if n > MAX_DEFINITION_BYTES:
+        raise DefinitionTooLarge(
+            f"the job definition is {n} bytes; at most {MAX_DEFINITION_BYTES} (etcd refuses "
+            "large requests): put a long command in a script"
+        )
+
+
+def add_job(client: Client, prefix: str, job: Job, replace: bool, now_us: int) -> int:
     """Store the definition. Without `replace`, only if NAME has none (else JobExists).
+    A new job's low-water mark is set to `now_us` (the adder's clock), so no daemon — even one
+    whose clock lags — claims a tick from before the job existed (e.g. of a removed job of the
+    same name). Safe to retry: a retried add that finds exactly what it wrote succeeded.
     Returns the revision written."""
-    key = keys.cron_job_key(prefix, job.name)
-    if replace:
-        return client.put(key, job.to_json())
+    key, mark = keys.cron_job_key(prefix, job.name), keys.cron_mark_key(prefix, name=job.name)
+    value = job.to_json()
+    created = [Op("put", key, value), Op("put", mark, keys.tick_token(now_us).encode())]
     res = client.txn(
         [Compare(key, "create", "==", 0)],
-        [Op("put", key, job.to_json())],
-        [Op("get", key)],
+        created,
+        [Op("put", key, value)] if replace else [Op("get", key)],
     )
-    if not res.succeeded:
-        raise JobExists(job.name)
-    return res.revision
+    if res.succeeded or replace:
+        return res.revision
+    got = res.responses[0] or []
+    if got and got[0].value == value:  # our own write, whose answer was lost and retried
+        return got[0].mod_revision
+    raise JobExists(job.name)
 
 
 @dataclass
@@ -373,12 +399,28 @@ def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
 
 
 def remove_job(client: Client, prefix: str, name: str) -> bool:
-    """Delete NAME's definition (False if it had none), then its history except the records of
-    runs still alive: those finish, and their winner writes the result (docs/cron.md)."""
-    key = keys.cron_job_key(prefix, name)
-    res = client.txn([Compare(key, "create", "!=", 0)], [Op("delete", key)])
+    """Delete NAME's definition and mark (False if it had no definition), then its history
+    except the records of runs still alive: those finish, and their winner writes the result
+    (docs/cron.md). Safe to retry: the delete is guarded by the definition it read, and a
+    definition gone when the guard fails was deleted (by this call's own retried request, or
+    by another rm at the same moment): done either way."""
+    key, mark = keys.cron_job_key(prefix, name), keys.cron_mark_key(prefix, name)
+    existed = False
+    while True:
+        kv, _ = client.get(key)
+        if kv is None:
+            break
+        res = client.txn(
+            [Compare(key, "mod", "==", kv.mod_revision)],
+            [Op("delete", key), Op("delete", mark)],
+            [Op("get", key)],
+        )
+        existed = True
+        if res.succeeded or not (res.responses[0] or []):
+            break
+        # changed meanwhile (cron add --replace): delete what is there now
     prune_history(client, prefix, name, keep=0)
-    return res.succeeded
+    return existed
 
 
 def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
@@ -420,11 +462,21 @@ def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -
 # ---------------------------------------------------------------------------------------
 
 
+class ClaimOutcome(enum.Enum):
+    WON = "won"  # this daemon claimed the tick: run it
+    SKIPPED = "skipped"  # claimed, recorded as skipped (--overlap forbid, previous run alive)
+    TAKEN = "taken"  # another daemon claimed it
+    BEHIND = "behind"  # a tick at or before the job's low-water mark: never run (it was, or
+    #                    a newer tick was already claimed, or it predates the definition)
+    CHANGED = "changed"  # the definition changed or was removed meanwhile
+
+
 @dataclass
 class Claim:
-    outcome: str  # "won" (run it) | "skipped" (won, recorded skipped) | "lost" | "changed"
+    outcome: ClaimOutcome
     revision: int = 0  # the claim revision: CONCH_REV, and the running record's mod revision
     record: RunRecord | None = None
+    mark: int | None = None  # BEHIND: the job's low-water mark (a tick, µs)
 
 
 def previous_alive(
@@ -452,6 +504,7 @@ def claim(
     us: int,
     *,
     daemon: str,
+    claim_id: str,
     host: str,
     lease: int,
     now: str,
@@ -459,13 +512,22 @@ def claim(
 ) -> Claim:
     """Try to claim tick `us` of `job` (defined at mod revision `job_rev`).
 
+    One transaction: *if the run key is absent, the definition is the one scheduled from, and
+    the tick is above the job's low-water mark, then put the run record, the alive marker and
+    the new mark*. The mark makes "at most once per tick" independent of clocks and of history
+    pruning: a daemon whose clock lags cannot claim a tick whose record was already pruned,
+    nor one from before a `cron rm` + `cron add`.
+
     With overlap forbid, a tick whose previous run of the job is still alive is claimed as
-    `skipped` (the record says so; nothing runs, no marker). The check is a read just before
-    the claim. Safe to retry: a claim the client retried after a lost answer is recognised by
-    its claim id."""
+    SKIPPED (the record says so; nothing runs, no marker). The check is a read just before the
+    claim. `claim_id` identifies this daemon process: a claim whose answer was lost and that is
+    retried — by the client or by the daemon, even much later — finds its own record and is
+    WON (or SKIPPED, as recorded), never TAKEN."""
     run_key = keys.cron_run_key(prefix, job.name, us)
     alive_key = keys.cron_alive_key(prefix, job.name, us)
     job_key = keys.cron_job_key(prefix, job.name)
+    mark_key = keys.cron_mark_key(prefix, job.name)
+    token = keys.tick_token(us).encode()
     busy: list[int] = []
     if job.overlap == "forbid":
         busy = previous_alive(client, prefix, job.name, us, timeout=timeout)
@@ -474,30 +536,54 @@ def claim(
         status="skipped" if busy else "running",
         daemon=daemon,
         host=host,
-        claim=new_claim_id(),
+        claim=claim_id,
         claimed=now,
         started=None if busy else now,
         reason=(f"previous run (tick {format_tick(max(busy))}) still running" if busy else ""),
     )
-    ops = [Op("put", run_key, rec.to_json())]
+    ops = [Op("put", run_key, rec.to_json()), Op("put", mark_key, token)]
     if not busy:
         ops.append(Op("put", alive_key, daemon.encode(), lease=lease))
-    res = client.txn(
-        [Compare(run_key, "create", "==", 0), Compare(job_key, "mod", "==", job_rev)],
-        ops,
-        [Op("get", run_key), Op("get", job_key)],
-        timeout=timeout,
-    )
-    outcome = "skipped" if busy else "won"
-    if res.succeeded:
-        return Claim(outcome, res.revision, rec)
-    run_kvs = res.responses[0] or []
-    if run_kvs:
-        kv = run_kvs[0]
-        if RunRecord.from_json(kv.value).claim == rec.claim:  # ours: an answer was lost
-            return Claim(outcome, kv.create_revision, rec)
-        return Claim("lost", kv.create_revision)
-    return Claim("changed")
+    for _attempt in range(2):
+        res = client.txn(
+            [
+                Compare(run_key, "create", "==", 0),
+                Compare(job_key, "mod", "==", job_rev),
+                Compare(mark_key, "value", "<", token),
+            ],
+            ops,
+            [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
+            timeout=timeout,
+        )
+        if res.succeeded:
+            return Claim(ClaimOutcome.SKIPPED if busy else ClaimOutcome.WON, res.revision, rec)
+        run_kvs, job_kvs, mark_kvs = (r or [] for r in res.responses)
+        if run_kvs:
+            kv = run_kvs[0]
+            stored = RunRecord.from_json(kv.value)
+            if stored.claim == claim_id:  # ours: an answer was lost, the claim retried
+                mine = ClaimOutcome.SKIPPED if stored.status == "skipped" else ClaimOutcome.WON
+                return Claim(mine, kv.create_revision, stored)
+            return Claim(ClaimOutcome.TAKEN, kv.create_revision)
+        if not job_kvs or job_kvs[0].mod_revision != job_rev:
+            return Claim(ClaimOutcome.CHANGED)
+        if mark_kvs:
+            return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark_kvs[0].value))
+        # a definition without a mark (written by hand or by an older conch): give it one
+        # that lets every tick through, then claim again
+        client.txn(
+            [Compare(mark_key, "create", "==", 0), Compare(job_key, "mod", "==", job_rev)],
+            [Op("put", mark_key, b"")],
+            timeout=timeout,
+        )
+    return Claim(ClaimOutcome.CHANGED)
+
+
+def _mark_tick(value: bytes) -> int | None:
+    try:
+        return keys.parse_tick_token(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def reattach(

@@ -135,6 +135,21 @@ def cron_alive_dir(prefix: str, name: str) -> bytes:
     return cron_alive_root(prefix) + encode_name(name).encode() + b"/"
 
 
+def cron_daemons_dir(prefix: str) -> bytes:
+    """The range holding the conchd heartbeats (ends with '/')."""
+    return cron_dir(prefix) + b"daemons/"
+
+
+def cron_daemon_key(prefix: str, daemon_id: str) -> bytes:
+    """The heartbeat of conchd `daemon_id` (on its lease)."""
+    return cron_daemons_dir(prefix) + encode_name(daemon_id).encode()
+
+
+def cron_mark_key(prefix: str, name: str) -> bytes:
+    """Job NAME's low-water mark: the tick token of the newest tick claimed (docs/cron.md)."""
+    return cron_dir(prefix) + b"marks/" + encode_name(name).encode()
+
+
 def tick_token(tick_us: int) -> str:
     """A tick (Unix time in microseconds, >= 0) as the last segment of a run/alive key."""
     if tick_us < 0:

@@ -1,0 +1,75 @@
+"""How far this host's wall clock is from its peers' (conchd). Pure: no I/O, conchd feeds it.
+
+Cron ticks are wall-clock instants, so a daemon whose clock runs ahead would claim ticks early.
+Each conchd publishes its wall-clock time every few seconds (a heartbeat key on its lease) and
+watches its peers' heartbeats. When one arrives, `peer_time - my_time` is the peer's offset
+from my clock *minus the delivery delay*: a delay only ever makes a peer look further behind
+than it is, so per peer the largest of its recent offsets is the best estimate.
+
+My clock's error against the group is the median of {0 (myself)} ∪ {each peer's offset}; with
+an even count, the middle value nearer to 0 — one clock against another, nobody can tell which
+is wrong, and a daemon then trusts its own. So with three daemons, one of them 25 s ahead, that
+one sees a correction of -25 s and the two others 0.
+
+A daemon whose correction exceeds THRESHOLD says so (log and metric) and schedules by the
+group's time, `time.time() + correction`: it never claims a tick early, and a lagging one
+claims on time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+THRESHOLD = 1.0  # seconds: a disagreement beyond this is reported and corrected for
+SAMPLE_AGE = 15.0  # seconds: older heartbeats are forgotten (a peer that went quiet)
+SAMPLES = 5  # recent offsets kept per peer
+
+
+@dataclass
+class _Peer:
+    samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+
+    def offset(self, now: float) -> float | None:
+        fresh = [off for at, off in self.samples if now - at <= SAMPLE_AGE]
+        return max(fresh) if fresh else None
+
+
+class PeerClocks:
+    """Offsets of the peers' wall clocks from mine, and the resulting correction."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, _Peer] = {}
+
+    def observe(self, peer: str, peer_time: float, my_time: float, at: float) -> None:
+        """A heartbeat of `peer` saying `peer_time` arrived when my wall clock said `my_time`;
+        `at` is the receipt on a steady clock (for ageing)."""
+        self._peers.setdefault(peer, _Peer()).samples.append((at, peer_time - my_time))
+
+    def forget(self, peer: str) -> None:
+        self._peers.pop(peer, None)
+
+    def offsets(self, now: float) -> dict[str, float]:
+        """Each live peer's offset from my clock (positive: the peer is ahead)."""
+        out = {}
+        for name, p in self._peers.items():
+            off = p.offset(now)
+            if off is not None:
+                out[name] = off
+        return out
+
+    def correction(self, now: float) -> float:
+        """Seconds to add to my wall clock to get the group's time (0 without peers)."""
+        return group_correction(list(self.offsets(now).values()))
+
+
+def group_correction(peer_offsets: list[float]) -> float:
+    """The median of {0} ∪ peer_offsets; of an even count, the middle value nearer to 0."""
+    values = sorted([0.0, *peer_offsets])
+    n = len(values)
+    if n % 2:
+        return values[n // 2]
+    lo, hi = values[n // 2 - 1], values[n // 2]
+    if abs(lo) == abs(hi):
+        return 0.0
+    return min((lo, hi), key=abs)
