@@ -18,6 +18,11 @@ What it simulates (the mode applies at once to existing and new connections):
                      SIGSTOPped member behind a live socket, but only for this client)
     reset()          abort every current connection on both sides with an RST (SO_LINGER 0);
                      new connections are accepted as usual
+    lose_answers(path, count)
+                     in any mode but blackhole/hang: the next `count` requests whose gRPC
+                     method contains `path` (e.g. "KV/Txn") reach etcd and are applied, but
+                     their answers are dropped; the connection and every other call go on
+                     (HTTP/2-aware, see faults.h2)
 
 Why `pass_through(reset=True)` (and `delay(..., reset=True)`) by default: gRPC speaks HTTP/2,
 a stateful byte stream (frames, HPACK header tables, flow-control windows). Once bytes have been
@@ -87,7 +92,15 @@ class _Conn:
     """
 
     def __init__(self, proxy: Proxy, client: socket.socket, cid: int) -> None:
+        from faults.h2 import AnswerFilter, RequestWatcher
+
         self.proxy = proxy
+        # HTTP/2 inspection for lose_answers(); off for a connection that is not cleartext h2
+        self.h2: bool | None = None  # unknown until the client's first bytes
+        self.watching = True  # requests still being read (for lose_answers)
+        self.lost_streams: set[int] = set()
+        self.watcher = RequestWatcher(self._on_request)
+        self.answers = AnswerFilter(self.lost_streams)
         self.client = client
         self.server: socket.socket | None = None
         self.cid = cid
@@ -167,6 +180,10 @@ class _Conn:
         for t in list(self.threads):
             t.join(max(0.0, deadline - time.monotonic()))
 
+    def _on_request(self, stream: int, path: str) -> None:
+        if self.proxy._take_loss(path):
+            self.lost_streams.add(stream)
+
     # -- helpers ---------------------------------------------------------------------------
     def _hold_while_hung(self) -> bool:
         """Wait while the proxy is in hang mode; False if the connection is closing."""
@@ -225,6 +242,14 @@ class _Conn:
                     self.up_done = True
                 self._finish_if_done()
                 return
+            if self.watching:
+                try:  # before forwarding: a stream is marked lost before it can be answered
+                    self.watcher.feed(data)
+                    self.h2 = True
+                except Exception:  # not h2 (TLS?), or a header block hpack cannot read
+                    self.watching = False
+                    if self.h2 is None:
+                        self.h2 = False  # byte-blind both ways from the start
             if not self._send(server, data):
                 return
             self.proxy._count(bytes_up=len(data))
@@ -237,6 +262,12 @@ class _Conn:
             data = self._recv(self.server)
             if data is None:
                 return
+            if data and self.h2:
+                data, dropped = self.answers.feed(data)
+                if dropped:
+                    self.proxy._count(dropped_down=dropped)
+                if not data:
+                    continue
             with self.cond:
                 self.queue.append((time.monotonic(), data))
                 self.cond.notify_all()
@@ -299,8 +330,9 @@ class Proxy:
         self._lock = threading.Lock()
         self._conns: set[_Conn] = set()
         self._counters = dict.fromkeys(
-            ("bytes_up", "bytes_down", "dropped_down", "connections_total"), 0
+            ("bytes_up", "bytes_down", "dropped_down", "connections_total", "answers_lost"), 0
         )
+        self._lose: tuple[str, int] = ("", 0)  # (path substring, answers still to lose)
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -391,6 +423,24 @@ class Proxy:
         closed (bounded). New connections are accepted meanwhile, in the current mode."""
         self._abort_all(self._snapshot())
 
+    def lose_answers(self, path: str, count: int = 1) -> None:
+        """The next `count` requests whose gRPC method (`:path`, e.g.
+        "/etcdserverpb.KV/Txn") contains `path` are forwarded and applied by etcd, but every
+        frame of their answers is dropped; other calls and the connection go on. Only for
+        cleartext HTTP/2 connections made through this proxy (faults.h2). `answers_lost`
+        counts the requests chosen so far; `count=0` cancels."""
+        with self._lock:
+            self._lose = (path, count)
+
+    def _take_loss(self, path: str) -> bool:
+        with self._lock:
+            want, left = self._lose
+            if left <= 0 or want not in path:
+                return False
+            self._lose = (want, left - 1)
+            self._counters["answers_lost"] += 1
+            return True
+
     def _set_mode(self, mode: str, delay: float, reset: bool) -> None:
         with self._lock:
             was = self._mode[0]
@@ -414,6 +464,11 @@ class Proxy:
     @property
     def dropped_down(self) -> int:
         return self._counter("dropped_down")
+
+    @property
+    def answers_lost(self) -> int:
+        """Requests whose answers lose_answers() dropped (chosen) so far."""
+        return self._counter("answers_lost")
 
     @property
     def connections_total(self) -> int:

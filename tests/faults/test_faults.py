@@ -571,3 +571,29 @@ def test_failing_exec(faultshim_lib: Path, fail_errno: int | None) -> None:
         timeout=30,
     )
     assert mark not in r.stdout and "rc=0" not in r.stdout and "rc=" in r.stdout, r
+
+
+def test_lose_answers_drops_only_the_chosen_calls_answer(etcd, make_proxy, prefix):
+    """A Txn through the proxy is applied but its answer is lost; the call times out, and the
+    same connection then serves further calls (a retry of the Txn included)."""
+    from conch.client import Client, ClientConfig, Compare, EtcdUnavailable, Op
+
+    proxy = make_proxy(etcd.endpoints[0])
+    c = Client(ClientConfig(endpoints=(proxy.endpoint,)), call_timeout=1.0, attempt_timeout=1.0)
+    direct = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
+    key = f"{prefix}lost".encode()
+    try:
+        c.txn([], [Op("put", key + b"-warm", b"1")])  # the first call's headers are indexed
+        proxy.lose_answers("KV/Txn", 1)
+        with pytest.raises(EtcdUnavailable):
+            c.txn([Compare(key, "create", "==", 0)], [Op("put", key, b"v")])
+        assert proxy.answers_lost == 1
+        kv, _ = direct.get(key)
+        assert kv is not None and kv.value == b"v"  # applied all the same
+        res = c.txn([Compare(key, "create", "==", 0)], [Op("put", key, b"v")], [Op("get", key)])
+        assert not res.succeeded and res.responses[0][0].value == b"v"  # the retry's answer
+        assert proxy.connections_total == 1  # one connection throughout
+        assert c.get(key)[0] is not None
+    finally:
+        c.close()
+        direct.close()
