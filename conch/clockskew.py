@@ -40,6 +40,7 @@ class PeerClocks:
 
     def __init__(self) -> None:
         self._peers: dict[str, _Peer] = {}
+        self._last = 0.0
 
     def observe(self, peer: str, peer_time: float, my_time: float, at: float) -> None:
         """A heartbeat of `peer` saying `peer_time` arrived when my wall clock said `my_time`;
@@ -59,17 +60,22 @@ class PeerClocks:
         return out
 
     def correction(self, now: float) -> float:
-        """Seconds to add to my wall clock to get the group's time (0 without peers)."""
-        return group_correction(list(self.offsets(now).values()))
+        """Seconds to add to my wall clock to get the group's time (0 without peers). In a
+        tie the answer stays what it was, if the evidence allows it: a daemon outvoted while
+        three were up stays corrected when one of its peers goes away."""
+        self._last = group_correction(list(self.offsets(now).values()), prefer=self._last)
+        return self._last
 
 
-def group_correction(peer_offsets: list[float]) -> float:
-    """The median of {0} ∪ peer_offsets; of an even count, the middle value nearer to 0."""
+def group_correction(peer_offsets: list[float], prefer: float = 0.0) -> float:
+    """The median of {0} ∪ peer_offsets; of an even count, the one of the two middle values
+    nearer to `prefer` (by default 0: nobody can tell which of two clocks is wrong, so a
+    daemon trusts its own)."""
     values = sorted([0.0, *peer_offsets])
     n = len(values)
     if n % 2:
         return values[n // 2]
     lo, hi = values[n // 2 - 1], values[n // 2]
-    if abs(lo) == abs(hi):
-        return 0.0
-    return min((lo, hi), key=abs)
+    if abs(lo - prefer) == abs(hi - prefer):
+        return min((lo, hi), key=abs)
+    return min((lo, hi), key=lambda v: abs(v - prefer))

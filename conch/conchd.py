@@ -26,7 +26,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -422,6 +422,7 @@ class Housekeeper(threading.Thread):
 # ---------------------------------------------------------------------------------------
 
 HEARTBEAT = 2.0  # seconds between two heartbeats of a daemon
+SETTLE = 1.5 * HEARTBEAT  # longest wait at start for the peers' heartbeats (they beat at once)
 
 
 class Heartbeat(threading.Thread):
@@ -454,6 +455,16 @@ class Heartbeat(threading.Thread):
         self._skewed = False
         self._halt = threading.Event()
         self._watch: Watch | None = None
+        # Until it has heard the peers listed at its start (or, with none listed — they may
+        # be starting too — for SETTLE), a daemon does not know whether its clock agrees
+        # with theirs: it claims nothing yet.
+        self._settle_at = math.inf
+        self._waiting_for: set[str] = set()
+        self._heard = False
+
+    def settled(self) -> bool:
+        """True once this daemon knows how its clock compares with its peers'."""
+        return time.monotonic() >= self._settle_at
 
     def correction(self) -> float:
         """Seconds to add to this host's wall clock to get the group's (0 within THRESHOLD)."""
@@ -473,8 +484,10 @@ class Heartbeat(threading.Thread):
                 if self._watch is None:
                     self._watch = self._start_watch()
                 if time.monotonic() >= next_beat:
-                    self._beat()
-                    next_beat = time.monotonic() + HEARTBEAT
+                    # the first beat as soon as the daemon has a lease: peers starting now
+                    # must hear it within their settle time
+                    beat = self._beat()
+                    next_beat = time.monotonic() + (HEARTBEAT if beat else 0.2)
                 events = self._watch.get(max(0.0, next_beat - time.monotonic()))
                 self._observe(events)
             except EtcdClusterChanged:
@@ -503,18 +516,23 @@ class Heartbeat(threading.Thread):
                 present.add(keys.decode_name(kv.key[len(self._dir) :].decode("ascii")))
         for peer in set(self._clocks.offsets(time.monotonic())) - present:
             self._clocks.forget(peer)
-        return self.client.watch(self._dir, end, start_revision=rev + 1)
+        w = self.client.watch(self._dir, end, start_revision=rev + 1)
+        if self._settle_at == math.inf:  # the first listing: from now on, at most SETTLE
+            self._waiting_for = present - {self.id}
+            self._settle_at = time.monotonic() + SETTLE
+        return w
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool:
         lease = self._lease_of()
         if lease is None:
-            return
+            return False
         value = json.dumps(
             {"id": self.id, "host": self.host, "pid": os.getpid(), "time": time.time(),
              "version": __version__},
             separators=(",", ":"),
         )  # fmt: skip
         self.client.put(self._key, value.encode(), lease=lease, timeout=CLAIM_TIMEOUT)
+        return True
 
     def _observe(self, events: list[Any]) -> None:
         from conch.clockskew import THRESHOLD
@@ -536,6 +554,9 @@ class Heartbeat(threading.Thread):
                 continue
             if isinstance(peer_time, int | float) and math.isfinite(peer_time):
                 self._clocks.observe(peer, float(peer_time), time.time(), now_m)
+                if peer in self._waiting_for:
+                    self._waiting_for.discard(peer)
+                    self._heard = True
         c = self._clocks.correction(now_m)
         skewed = abs(c) > THRESHOLD
         self._metrics.clock_offset(-c)
@@ -549,6 +570,9 @@ class Heartbeat(threading.Thread):
             log.info("this host's clock agrees with the other daemons' again")
         self._skewed = skewed
         self._correction = c if skewed else 0.0
+        if self._heard and not self._waiting_for:
+            # every peer listed at start has been heard (after the correction is set)
+            self._settle_at = min(self._settle_at, now_m)
 
 
 # ---------------------------------------------------------------------------------------
@@ -563,6 +587,9 @@ class JobState:
     schedule: Any  # conch.schedule.Schedule
     due: datetime  # the next tick to try (aware, UTC)
     retry_at: float = 0.0  # time.time() before which a failed claim is not retried
+    # ticks whose claim transaction may have committed without this daemon hearing the answer
+    # (it failed with an etcd error) and that it moved past: resolved by a read (own_claim)
+    unsure: set[int] = field(default_factory=set)
 
 
 class Daemon:
@@ -814,12 +841,36 @@ class Daemon:
         return max(t, 0.0)
 
     # -- claims ----------------------------------------------------------------------------
+    def _resolve_unsure(self, st: JobState) -> None:
+        """A claim whose answer was lost may have committed: if it did, the tick is this
+        daemon's (never anyone else's) and is run now, late, rather than left `running`
+        forever with nothing running. (Its alive marker may sit on an older lease: the run
+        starts with lease 0, so the next step re-attaches it.)"""
+        current = cron.tick_us(st.due)
+        for us in sorted(st.unsure - {current}):
+            try:
+                c = cron.own_claim(self.client, self.prefix, st.job.name, us, self.claim_id,
+                                   timeout=CLAIM_TIMEOUT)  # fmt: skip
+            except EtcdClusterChanged:
+                raise
+            except EtcdError as e:
+                log.debug("job %r tick %s: claim still unsure: %s", st.job.name,
+                          cron.format_tick(us), e)  # fmt: skip
+                return
+            st.unsure.discard(us)
+            if c is not None:
+                log.warning("job %r tick %s: claimed by this daemon although the answer was "
+                            "lost: running it late", st.job.name, cron.format_tick(us))  # fmt: skip
+                self._claimed(st.job, us, c, 0)
+
     def _claim_due(self) -> None:
         s = self.session
         for name in sorted(self.jobs):
             st = self.jobs.get(name)
             if st is None or self.stopping.is_set():
                 return
+            if st.unsure and s is not None and s.is_trusted():
+                self._resolve_unsure(st)
             now = self.now()
             if st.due > now or time.time() < st.retry_at:
                 continue
@@ -829,7 +880,7 @@ class Daemon:
                 log.debug("job %r: %d tick(s) passed unclaimed here", name, len(passed))
                 st.due = passed[-1]
                 following = st.schedule.next_after(st.due)
-            if s is None or not s.is_trusted():
+            if s is None or not s.is_trusted() or not self.heartbeat.settled():
                 return
             us = cron.tick_us(st.due)
             left = following.timestamp() - self.time()
@@ -847,8 +898,10 @@ class Daemon:
                     return
                 log.warning("job %r tick %s: claim failed: %s; retrying", name,
                             cron.format_tick(us), e)  # fmt: skip
+                st.unsure.add(us)
                 st.retry_at = time.time() + 0.5  # the same tick, the same claim id
                 continue
+            st.unsure.discard(us)
             st.due, st.retry_at = following, 0.0
             self._claimed(st.job, us, c, s.lease_id)
 

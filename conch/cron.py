@@ -579,6 +579,21 @@ def claim(
     return Claim(ClaimOutcome.CHANGED)
 
 
+def own_claim(
+    client: Client, prefix: str, name: str, us: int, claim_id: str, timeout: float | None = None
+) -> Claim | None:
+    """The claim of tick `us` made by the daemon process `claim_id`, if one committed (its
+    answer was lost and the daemon moved on): WON or SKIPPED as recorded, or None."""
+    kv, _ = client.get(keys.cron_run_key(prefix, name, us), timeout=timeout)
+    if kv is None:
+        return None
+    stored = RunRecord.from_json(kv.value)
+    if stored.claim != claim_id:
+        return None
+    mine = ClaimOutcome.SKIPPED if stored.status == "skipped" else ClaimOutcome.WON
+    return Claim(mine, kv.create_revision, stored)
+
+
 def _mark_tick(value: bytes) -> int | None:
     try:
         return keys.parse_tick_token(value.decode("ascii"))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cron_fixtures import client, daemons  # noqa: F401
 from faults.fixtures import clock_control, etcd_proxy, faultshim_lib, make_proxy  # noqa: F401
 
 from conch.localetcd import LocalCluster, find_binary

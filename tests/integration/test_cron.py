@@ -15,16 +15,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import pid_gone, wait_for
+from cron_fixtures import Daemons
 
 from conch import cron, keys
-from conch.client import Client, ClientConfig
+from conch.client import Client
 from conch.localetcd import LocalCluster
 
 CONCHD = [sys.executable, "-m", "conch.conchd"]
@@ -42,60 +41,6 @@ def read(path: Path) -> str:
 
 def ts(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
-
-
-class Daemons:
-    """conchd processes of one test; their logs go to files (never a pipe that could fill)."""
-
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
-        self.env, self.tmp = env, tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, did: str, *args: str, env: dict[str, str] | None = None) -> Any:
-        log = open(self.tmp / f"conchd-{did}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen(
-            [*CONCHD, "--id", did, *args],
-            env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.procs[did] = p
-        return p
-
-    def log(self, did: str) -> str:
-        return read(self.tmp / f"conchd-{did}.log")
-
-    def stop(self, did: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        p = self.procs[did]
-        if p.poll() is None:
-            p.send_signal(sig)
-        return p.wait(timeout)
-
-    def cleanup(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()  # their watchdogs kill the children
-            p.wait(10)
-
-
-@pytest.fixture
-def daemons(conch_env: dict[str, str], tmp_path: Path) -> Iterator[Daemons]:
-    d = Daemons(conch_env, tmp_path)
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
-
-@pytest.fixture
-def client(etcd: LocalCluster) -> Iterator[Client]:
-    c = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def ls(conch: Any, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
