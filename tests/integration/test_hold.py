@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from conftest import pid_gone, wait_for
+from faults.shim import shim_env
 
 SH = "/bin/sh"
 
@@ -82,3 +84,125 @@ def test_a_signal_during_the_reap_gives_128_plus_s(conch, tmp_path):
     wait_for(reaping.exists, what="conch reaping the group")
     p.send_signal(signal.SIGTERM)
     assert p.wait(20) == 143, p.stderr.read()
+
+
+# -- a watchdog that cannot start (item 2): the shim fails its exec with EAGAIN ------------------
+
+
+def test_a_watchdog_that_cannot_start_means_nothing_runs(conch, tmp_path, faultshim_lib):
+    """At a pids limit the watchdog's fork/exec fails (EAGAIN): conch must not run the child
+    unwatched, nor leave it running while it gives up the slot. It exits 71 (EX_OSERR) with
+    nothing run and no key left."""
+    ran = tmp_path / "ran"
+    env = shim_env(faultshim_lib, fail_exec="watchdog.py")
+    r = conch.run("elect", "no-wd", "--", SH, "-c", f"touch {ran}; sleep 30", env=env)
+    assert r.returncode == 71, r.stderr
+    assert "watchdog" in r.stderr and "Traceback" not in r.stderr
+    assert not ran.exists()
+    assert conch.run("elect", "no-wd", "--who").returncode == 1
+
+
+# -- a suspended host (item 6): the shim moves CLOCK_BOOTTIME, not CLOCK_MONOTONIC ---------------
+
+
+def test_after_a_suspend_conch_does_not_trust_an_expired_lease(conch, tmp_path, faultshim_lib,
+                                                                clock_control):  # fmt: skip
+    """The host was suspended for a minute (CLOCK_BOOTTIME jumped, CLOCK_MONOTONIC did not):
+    the lease expired on the server meanwhile, so the child must be killed at once on resume
+    and conch exit 70 — not run on for up to a TTL on a lease it cannot have."""
+    ready, child_pid = tmp_path / "ready", tmp_path / "pid"
+    p = conch.start(
+        "elect", "suspend", "--ttl", "10s", "--kill-after", "1s", "--", SH, "-c",
+        f"echo $$ > {child_pid}; touch {ready}; while true; do sleep 0.05; done",
+        env=shim_env(faultshim_lib, clock_control),
+    )  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    clock_control.set_boottime_offset(60.0)
+    wait_for(lambda: p.poll() is not None, timeout=5, what="conch to end the hold")
+    assert p.returncode == 70
+    assert pid_gone(int(read(child_pid)))
+
+
+def test_after_a_suspend_the_watchdog_kills_a_paused_conchs_child(conch, tmp_path,
+                                                                  faultshim_lib,
+                                                                  clock_control):  # fmt: skip
+    """conch is paused (SIGSTOP) and the host is suspended for a minute: the watchdog, on the
+    same boot-time clock, kills the child at once after the resume."""
+    ready, child_pid = tmp_path / "ready", tmp_path / "pid"
+    p = conch.start(
+        "elect", "suspend-wd", "--ttl", "10s", "--kill-after", "1s", "--", SH, "-c",
+        f"echo $$ > {child_pid}; touch {ready}; while true; do sleep 0.05; done",
+        env=shim_env(faultshim_lib, clock_control),
+    )  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    child = int(read(child_pid))
+    p.send_signal(signal.SIGSTOP)
+    try:
+        clock_control.set_boottime_offset(60.0)
+        wait_for(lambda: pid_gone(child), timeout=4, what="the watchdog to kill the child")
+    finally:
+        p.send_signal(signal.SIGCONT)
+    assert p.wait(20) == 70
+
+
+# -- a lease untrusted between promotion and spawn (item 9) ---------------------------------------
+
+
+def test_a_waiter_whose_lease_is_untrusted_when_promoted_queues_again(conch, tmp_path,
+                                                                      faultshim_lib,
+                                                                      clock_control):  # fmt: skip
+    """Nothing ran, so this is a waiter that lost its lease (docs/guarantees.md): it queues
+    again and runs once it holds a lease it trusts — it does not exit 70 with nothing run."""
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    a = conch.start("elect", "promote", "--", SH, "-c",
+                    f"while [ ! -e {release} ]; do sleep 0.02; done")  # fmt: skip
+    wait_for(lambda: conch.who("elect", "promote")["holders"], what="a leads")
+    b = conch.start("elect", "promote", "--ttl", "10s", "--", SH, "-c", f"touch {ran}",
+                    env=shim_env(faultshim_lib, clock_control))  # fmt: skip
+    wait_for(lambda: conch.who("elect", "promote")["waiting"] == 1, what="b waits")
+    clock_control.set_boottime_offset(60.0)  # b's lease: past its deadline, not yet noticed
+    release.touch()
+    assert a.wait(20) == 0
+    assert b.wait(30) == 0, b.stderr.read()
+    assert ran.exists()
+
+
+# -- a delete between two reads (item 4): the proxy delays every answer --------------------------
+
+
+def test_a_delete_right_after_the_restart_check_is_not_missed(conch, tmp_path, etcd_proxy,
+                                                               etcdctl):  # fmt: skip
+    """`--restart` re-checks its key before rerunning the child and then watches it. With the
+    start revision taken from a second read, a delete that falls between the two reads is
+    below the watch and never seen: the child would rerun on a slot that is gone. Every
+    answer is delayed 2 s so that an operator's delete lands right there."""
+    revs, release = tmp_path / "revs", tmp_path / "release"
+    script = (
+        f"echo $CONCH_REV >> {revs}; "
+        f"if [ ! -e {release} ]; then while [ ! -e {release} ]; do sleep 0.02; done; exit 0; fi; "
+        "while true; do sleep 0.05; done"
+    )
+    p = conch.start("elect", "recheck", "--restart", "--", SH, "-c", script,
+                    env={"CONCH_ENDPOINTS": etcd_proxy.endpoint})  # fmt: skip
+    wait_for(lambda: read(revs).strip(), what="the first run")
+    first = read(revs).split()[0]
+    (h,) = conch.who("elect", "recheck")["holders"]
+    key = _holder_key(etcdctl, h["lease"])
+    etcd_proxy.delay(2.0)
+    release.touch()  # the child exits; conch reruns it after 1 s, checking its key first
+    time.sleep(2.1)  # the check's answer is on its way (it left ~1.1 s after the release)
+    etcdctl("del", key)
+    etcd_proxy.pass_through()
+    # conch must see the delete, kill the rerun child and campaign again: a new CONCH_REV
+    wait_for(lambda: [r for r in read(revs).split() if r != first], timeout=30,
+             what="a run with a new CONCH_REV")  # fmt: skip
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 143
+
+
+def _holder_key(etcdctl, lease_hex: str) -> str:  # type: ignore[no-untyped-def]
+    for line in etcdctl("get", "--prefix", "--keys-only", "/").split():
+        if line.endswith(f"/{int(lease_hex, 16):016x}"):
+            return line
+    raise AssertionError(f"no key for lease {lease_hex}")
