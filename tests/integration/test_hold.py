@@ -59,9 +59,12 @@ def _child_leaving_a_stubborn_grandchild(tmp_path: Path, code: int) -> tuple[lis
     """A child that notes its CONCH_LEASE and exits with `code` at once, leaving a grandchild
     in its group that survives SIGTERM (noting it in a file): conch's reap of the group then
     takes --kill-after. Returns the command and the file that appears once the reap began."""
-    reaping = tmp_path / "reaping"
-    grandchild = f"trap 'touch {reaping}' TERM; while true; do sleep 0.05; done"
-    script = f'echo $CONCH_LEASE > {tmp_path / "lease"}; {SH} -c "{grandchild}" & exit {code}'
+    reaping, armed = tmp_path / "reaping", tmp_path / "armed"
+    grandchild = f"trap 'touch {reaping}' TERM; touch {armed}; while true; do sleep 0.05; done"
+    script = (
+        f'echo $CONCH_LEASE > {tmp_path / "lease"}; {SH} -c "{grandchild}" & '
+        f"while [ ! -e {armed} ]; do sleep 0.01; done; exit {code}"
+    )
     return [SH, "-c", script], reaping
 
 
