@@ -422,7 +422,8 @@ class Housekeeper(threading.Thread):
 # ---------------------------------------------------------------------------------------
 
 HEARTBEAT = 2.0  # seconds between two heartbeats of a daemon
-SETTLE = 1.5 * HEARTBEAT  # longest wait at start for the peers' heartbeats (they beat at once)
+SETTLE = 1.5 * HEARTBEAT  # wait at start for peers' heartbeats when none is listed
+SETTLE_LISTED = 3 * HEARTBEAT  # longest wait at start for the heartbeats of listed peers
 
 
 class Heartbeat(threading.Thread):
@@ -517,9 +518,13 @@ class Heartbeat(threading.Thread):
         for peer in set(self._clocks.offsets(time.monotonic())) - present:
             self._clocks.forget(peer)
         w = self.client.watch(self._dir, end, start_revision=rev + 1)
-        if self._settle_at == math.inf:  # the first listing: from now on, at most SETTLE
+        if self._settle_at == math.inf:  # the first listing
             self._waiting_for = present - {self.id}
-            self._settle_at = time.monotonic() + SETTLE
+            # with peers listed, wait for each of them (a dead one's key lingers until its
+            # lease expires: bounded by SETTLE_LISTED); with none, for SETTLE: they may be
+            # starting too, and beat as soon as they have a lease
+            wait = SETTLE_LISTED if self._waiting_for else SETTLE
+            self._settle_at = time.monotonic() + wait
         return w
 
     def _beat(self) -> bool:
@@ -865,6 +870,8 @@ class Daemon:
 
     def _claim_due(self) -> None:
         s = self.session
+        if not self.heartbeat.settled():  # checked before reading the (corrected) time
+            return
         for name in sorted(self.jobs):
             st = self.jobs.get(name)
             if st is None or self.stopping.is_set():
@@ -880,7 +887,7 @@ class Daemon:
                 log.debug("job %r: %d tick(s) passed unclaimed here", name, len(passed))
                 st.due = passed[-1]
                 following = st.schedule.next_after(st.due)
-            if s is None or not s.is_trusted() or not self.heartbeat.settled():
+            if s is None or not s.is_trusted():
                 return
             us = cron.tick_us(st.due)
             left = following.timestamp() - self.time()

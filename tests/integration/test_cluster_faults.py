@@ -120,9 +120,13 @@ def test_a_rebuilt_cluster_is_refused_not_queued_on(single, conch_cmd, prefix, t
     try:
         wait_for(lambda: read(ready).strip(), timeout=20, what="the holder's child")
         assert int(read(ready)) > 40
-        r = subprocess.run([*conch_cmd, "elect", "fenced", "--who", "--json"], env=env,
-                           capture_output=True, text=True)  # fmt: skip
-        assert '"waiting": 1' in r.stdout, r.stdout
+
+        def waiting() -> bool:
+            r = subprocess.run([*conch_cmd, "elect", "fenced", "--who", "--json"], env=env,
+                               capture_output=True, text=True)  # fmt: skip
+            return '"waiting": 1' in r.stdout
+
+        wait_for(waiting, timeout=20, what="the waiter queued")
         _rebuild(single)
         assert holder.wait(60) == 70, holder.stderr.read()
         assert waiter.wait(60) == 69
