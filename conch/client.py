@@ -631,7 +631,9 @@ class Watch:
                         continue
                     cancels += 1
                     if cancels >= max(3, client.endpoint_count):
-                        self._fail(EtcdError(f"watch {detail}"))
+                        transient = any(t in low for t in _TRANSIENT_TEXTS)
+                        kind = EtcdUnavailable if transient else EtcdError
+                        self._fail(kind(f"watch {detail}"))
                         return
                     policy.failed_kind(_RETRY, detail, idx, token)
                 elif err is not None:

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING
 
 from conch import __version__
 from conch.backoff import Backoff
-from conch.client import Client, EtcdClusterChanged, EtcdError, Watch, WatchCompacted
+from conch.client import (
+    Client,
+    EtcdClusterChanged,
+    EtcdError,
+    EtcdUnavailable,
+    Watch,
+    WatchCompacted,
+)
 from conch.contend import Contention, Outcome
 from conch.errors import (
     EXIT_LEASE_LOST,
@@ -134,13 +141,13 @@ class KeyWatch:
         while not self._stop.is_set() and not self.session.lost.is_set():
             try:
                 w = self.client.watch(self.c.key, start_revision=rev, no_put=True)
-            except EtcdClusterChanged as e:
-                self.session.mark_lost(str(e))
-                return
-            except EtcdError as e:
+            except EtcdUnavailable as e:
                 log.debug("holder-key watch: %s; retrying", e)
                 self._stop.wait(0.5)
                 continue
+            except EtcdError as e:  # not a passing outage: a holder that cannot watch its key
+                self.session.mark_lost(f"holder-key watch failed: {e}")  # must not go on
+                return
             with self._lock:
                 self._w = w
             if self._stop.is_set():
@@ -159,10 +166,7 @@ class KeyWatch:
                     if events:
                         self.session.mark_lost("holder key was deleted")
                         return
-            except EtcdClusterChanged as e:
-                self.session.mark_lost(str(e))
-                return
-            except EtcdError as e:
+            except EtcdUnavailable as e:
                 log.debug("holder-key watch broke: %s; re-checking", e)
                 try:
                     next_rev = self._recheck()
@@ -172,6 +176,9 @@ class KeyWatch:
                 except EtcdError:
                     pass  # the keepalive deadline decides
                 self._stop.wait(0.5)
+            except EtcdError as e:
+                self.session.mark_lost(f"holder-key watch failed: {e}")
+                return
             finally:
                 w.cancel()
 

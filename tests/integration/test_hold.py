@@ -209,3 +209,31 @@ def _holder_key(etcdctl, lease_hex: str) -> str:  # type: ignore[no-untyped-def]
         if line.endswith(f"/{int(lease_hex, 16):016x}"):
             return line
     raise AssertionError(f"no key for lease {lease_hex}")
+
+
+# -- threads that guard the promise never die silently (item 11) ----------------------------------
+
+
+def test_a_holder_key_watch_that_fails_ends_the_hold_as_a_loss(etcd, prefix):
+    """A bug in the holder-key watch thread (here: a start revision no protobuf field can hold,
+    as an overflowing duration once produced) must end the hold as a loss: without that watch a
+    deleted key goes unseen and a successor would start beside the child."""
+    from conch.client import Client, ClientConfig
+    from conch.contend import Contention
+    from conch.core import KeyWatch
+    from conch.holder import HolderRecord
+    from conch.session import Session
+
+    client = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
+    session = Session(client, 10).open()
+    try:
+        record = HolderRecord("h", 1, "", ["x"], "t")
+        c = Contention(client, f"{prefix}d/".encode(), 1, session.lease_id, record)
+        c.enqueue()
+        kw = KeyWatch(client, c, session, start_rev=2**70)
+        wait_for(session.lost.is_set, timeout=5, what="the hold to end as a loss")
+        assert "holder-key watch failed" in session.loss_reason
+        kw.stop()
+    finally:
+        session.close()
+        client.close()
