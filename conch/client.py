@@ -262,6 +262,7 @@ class _Failover:
         self._pause = pause
         self.started = time.monotonic()
         self.failures = 0  # consecutive transient failures
+        self.attempts = 0
         self.reauthed = False
         self.last = "no attempt"
 
@@ -271,13 +272,15 @@ class _Failover:
         return self.deadline - time.monotonic()
 
     def attempt_timeout(self) -> float:
-        """The bound of the next attempt on one endpoint."""
+        """The bound of the next attempt on one endpoint (counts the attempt)."""
+        self.attempts += 1
         rem = self.remaining()
         bound = max(MIN_ATTEMPT, rem / 2) if self.client.endpoint_count > 1 else rem
         return max(0.0, min(self.client.attempt_timeout, bound, rem))
 
     def expired(self) -> bool:
-        return self.remaining() <= 0
+        """The deadline passed — after at least one attempt (even a tiny deadline gets one)."""
+        return self.attempts > 0 and self.remaining() <= 0
 
     def unavailable(self) -> EtcdUnavailable:
         return EtcdUnavailable(

@@ -36,14 +36,20 @@ class FrameSplitter:
         self._buf = bytearray()
         self._preface = preface
 
+    @property
+    def started(self) -> bool:
+        """The preface (if any) has been seen whole: what follows are frames."""
+        return not self._preface
+
     def feed(self, data: bytes) -> list[tuple[bytes, int, int, int]]:
         self._buf += data
         out: list[tuple[bytes, int, int, int]] = []
         if self._preface:
+            n = min(len(self._buf), len(self._preface))
+            if bytes(self._buf[:n]) != self._preface[:n]:
+                raise ValueError("not an HTTP/2 connection preface")
             if len(self._buf) < len(self._preface):
                 return out
-            if bytes(self._buf[: len(self._preface)]) != self._preface:
-                raise ValueError("not an HTTP/2 connection preface")
             out.append((bytes(self._buf[: len(self._preface)]), -1, 0, 0))
             del self._buf[: len(self._preface)]
             self._preface = b""
@@ -83,6 +89,11 @@ class RequestWatcher:
         self._on_request = on_request
         self._block: bytearray | None = None
         self._block_stream = 0
+
+    @property
+    def is_h2(self) -> bool | None:
+        """True once the client's HTTP/2 preface was seen whole; None until then."""
+        return True if self._frames.started else None
 
     def feed(self, data: bytes) -> None:
         for frame, ftype, flags, stream in self._frames.feed(data):

@@ -41,7 +41,7 @@ long-lived client, such as a running conch). etcdctl connects anew per command: 
 PUT that commits while the command times out, use delay() longer than its --command-timeout
 (tests/faults/test_faults.py does both).
 
-Limits: TCP only, one upstream per proxy (a 3-member cluster needs 3 proxies); 3 threads per
+Limits: TCP only (for a protocol whose server speaks first, the proxy waits for the client), one upstream per proxy (a 3-member cluster needs 3 proxies); 3 threads per
 connection (fine for tests, not for thousands of connections); in delay mode answers are
 buffered without bound; an upstream that refuses the connection is reported to the client as
 an RST after the accept, not as a refused connect; the delay is added per chunk of up to 64 KiB
@@ -245,7 +245,7 @@ class _Conn:
             if self.watching:
                 try:  # before forwarding: a stream is marked lost before it can be answered
                     self.watcher.feed(data)
-                    self.h2 = True
+                    self.h2 = self.watcher.is_h2
                 except Exception:  # not h2 (TLS?), or a header block hpack cannot read
                     self.watching = False
                     if self.h2 is None:
@@ -262,7 +262,7 @@ class _Conn:
             data = self._recv(self.server)
             if data is None:
                 return
-            if data and self.h2:
+            if data and self.h2 is not False:  # h2, or a client preface still arriving
                 data, dropped = self.answers.feed(data)
                 if dropped:
                     self.proxy._count(dropped_down=dropped)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 CONCHD = [sys.executable, "-m", "conch.conchd"]
 HUGE = "9999999999999999999s"
@@ -99,8 +100,6 @@ def test_a_stored_job_with_an_out_of_range_kill_after_is_ignored(conch, conch_en
         p = subprocess.Popen([*CONCHD, "--id", "d1"], env=conch_env, stdout=f,
                              stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        from conftest import wait_for
-
         wait_for(lambda: "ignored" in log.read_text(), what="the warning")
         assert "kill_after" in log.read_text()
     finally:
