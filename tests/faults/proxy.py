@@ -41,14 +41,14 @@ long-lived client, such as a running conch). etcdctl connects anew per command: 
 PUT that commits while the command times out, use delay() longer than its --command-timeout
 (tests/faults/test_faults.py does both).
 
-Limits: TCP only (for a protocol whose server speaks first, the proxy waits for the client), one upstream per proxy (a 3-member cluster needs 3 proxies); 3 threads per
-connection (fine for tests, not for thousands of connections); in delay mode answers are
-buffered without bound; an upstream that refuses the connection is reported to the client as
-an RST after the accept, not as a refused connect; the delay is added per chunk of up to 64 KiB
-as read, so the server's own pacing is kept; TLS passes through untouched (the proxy never
-looks at the bytes). Unexpected exceptions in the proxy's threads are not printed: they are
-collected in `Proxy.errors` (tests can assert it stays empty).
-"""
+Limits: TCP only (for a protocol whose server speaks first, the proxy waits for the client), one
+upstream per proxy (a 3-member cluster needs 3 proxies); 3 threads per connection (fine for
+tests, not for thousands of connections); in delay mode answers are buffered without bound; an
+upstream that refuses the connection is reported to the client as an RST after the accept, not
+as a refused connect; the delay is added per chunk of up to 64 KiB as read, so the server's own
+pacing is kept; TLS passes through untouched (the proxy never looks at the bytes). Unexpected
+exceptions in the proxy's threads are not printed: they are collected in `Proxy.errors` (tests
+can assert it stays empty)."""
 
 from __future__ import annotations
 
