@@ -112,16 +112,20 @@ def test_a_rebuilt_cluster_is_refused_not_queued_on(single, conch_cmd, prefix, t
          f"echo $CONCH_REV > {ready}; while true; do sleep 0.05; done"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    waiter = subprocess.Popen(
-        [*conch_cmd, "elect", "fenced", "--ttl", "10s", "--", SH, "-c",
-         f"echo $CONCH_REV > {waiter_ran}"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    waiter = None
     try:
         wait_for(lambda: read(ready).strip(), timeout=20, what="the holder's child")
         assert int(read(ready)) > 40
+        waiter = subprocess.Popen(
+            [*conch_cmd, "elect", "fenced", "--ttl", "10s", "--", SH, "-c",
+             f"echo $CONCH_REV > {waiter_ran}"],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
 
         def waiting() -> bool:
+            assert waiter.poll() is None, f"the waiter exited {waiter.returncode}: " + (
+                waiter.stderr.read() if waiter.stderr else ""
+            )
             r = subprocess.run([*conch_cmd, "elect", "fenced", "--who", "--json"], env=env,
                                capture_output=True, text=True)  # fmt: skip
             return '"waiting": 1' in r.stdout
@@ -135,7 +139,7 @@ def test_a_rebuilt_cluster_is_refused_not_queued_on(single, conch_cmd, prefix, t
         assert not waiter_ran.exists(), "the waiter ran its child on the rebuilt cluster"
     finally:
         for p in (holder, waiter):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
 
