@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cron_fixtures import client, daemons  # noqa: F401
 from faults.fixtures import clock_control, etcd_proxy, faultshim_lib, make_proxy  # noqa: F401
+from procs import stop_gracefully
 
 from conch.localetcd import LocalCluster, find_binary
 
@@ -123,15 +124,8 @@ class Conch:
         return json.loads(r.stdout)
 
     def cleanup(self) -> None:
-        import signal
-
+        stop_gracefully(self.procs)
         for p in self.procs:
-            if p.poll() is None:
-                try:
-                    p.send_signal(signal.SIGCONT)
-                    p.kill()
-                except ProcessLookupError:
-                    pass
             with contextlib.suppress(Exception):
                 p.communicate(timeout=10)
 

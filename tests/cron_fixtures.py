@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import stop_gracefully
 
 from conch.client import Client, ClientConfig
 from conch.localetcd import LocalCluster
@@ -55,10 +56,7 @@ class Daemons:
         return p.wait(timeout)
 
     def cleanup(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()  # their watchdogs kill the children
-            p.wait(10)
+        stop_gracefully(list(self.procs.values()))  # SIGKILLed ones: their watchdogs act
 
 
 @pytest.fixture

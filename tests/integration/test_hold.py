@@ -237,3 +237,44 @@ def test_a_holder_key_watch_that_fails_ends_the_hold_as_a_loss(etcd, prefix):
     finally:
         session.close()
         client.close()
+
+
+# -- a --restart service across an etcd outage ----------------------------------------------------
+
+
+def test_a_restart_service_outlives_an_outage_and_campaigns_again(conch, tmp_path, etcd_proxy):
+    """etcd stops answering (the proxy hangs): the lease cannot be confirmed, the child is
+    killed at the local deadline; conch does not exit — it keeps trying to open a lease, and
+    once etcd answers again it campaigns and restarts the child with a new fencing token."""
+    revs, pids = tmp_path / "revs", tmp_path / "pids"
+    script = f"echo $CONCH_REV >> {revs}; echo $$ >> {pids}; while true; do sleep 0.05; done"
+    p = conch.start("elect", "outage", "--restart", "--ttl", "2s", "--kill-after", "0.5s",
+                    "--dial-timeout", "1s", "--", SH, "-c", script,
+                    env={"CONCH_ENDPOINTS": etcd_proxy.endpoint})  # fmt: skip
+    wait_for(lambda: read(revs).strip(), what="the first run")
+    first_pid = int(read(pids).split()[0])
+    etcd_proxy.hang()
+    wait_for(lambda: pid_gone(first_pid), timeout=10, what="the child killed at the deadline")
+    wait_for(lambda: "retrying" in _stderr_so_far(p), timeout=20, what="a failed re-campaign")
+    etcd_proxy.pass_through()
+    wait_for(lambda: len(read(revs).split()) >= 2, timeout=30, what="the child restarted")
+    first, second = (int(r) for r in read(revs).split()[:2])
+    assert second > first
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 143
+    assert conch.run("elect", "outage", "--who").returncode == 1
+
+
+def _stderr_so_far(p) -> str:  # type: ignore[no-untyped-def]
+    """What conch has written to its stderr pipe so far (non-blocking)."""
+    import fcntl
+
+    fd = p.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        chunk = b""
+    p._seen = getattr(p, "_seen", "") + chunk.decode(errors="replace")
+    return p._seen
