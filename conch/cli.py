@@ -464,6 +464,8 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
 @click.pass_context
 def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     """Remove job NAME and its history. A run in progress finishes and records its result."""
+    from datetime import UTC, datetime
+
     from conch import cron as cronmod
     from conch import options
 
@@ -473,7 +475,7 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     options.client_config(g)
     client = _connect(g)
     try:
-        existed = cronmod.remove_job(client, prefix, name)
+        existed = cronmod.remove_job(client, prefix, name, cronmod.tick_us(datetime.now(UTC)))
     except _etcd_error() as e:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     finally:

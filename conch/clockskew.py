@@ -47,8 +47,12 @@ class PeerClocks:
         `at` is the receipt on a steady clock (for ageing)."""
         self._peers.setdefault(peer, _Peer()).samples.append((at, peer_time - my_time))
 
-    def forget(self, peer: str) -> None:
-        self._peers.pop(peer, None)
+    def shift(self, step: float) -> None:
+        """My own clock stepped by `step` seconds (NTP, an operator): every offset measured
+        against it so far is off by -step now, and so is the correction."""
+        for p in self._peers.values():
+            p.samples = deque(((at, off - step) for at, off in p.samples), maxlen=SAMPLES)
+        self._last -= step
 
     def offsets(self, now: float) -> dict[str, float]:
         """Each live peer's offset from my clock (positive: the peer is ahead)."""
@@ -60,10 +64,13 @@ class PeerClocks:
         return out
 
     def correction(self, now: float) -> float:
-        """Seconds to add to my wall clock to get the group's time (0 without peers). In a
-        tie the answer stays what it was, if the evidence allows it: a daemon outvoted while
-        three were up stays corrected when one of its peers goes away."""
-        self._last = group_correction(list(self.offsets(now).values()), prefer=self._last)
+        """Seconds to add to my wall clock to get the group's time (0 without ever a peer).
+        Without fresh evidence it stays what it was, and in a tie too, if the evidence allows
+        it: a daemon outvoted while three were up stays corrected when its peers go quiet
+        (an etcd outage, a peer that stopped) — it must not fall back on its own wrong clock."""
+        offsets = list(self.offsets(now).values())
+        if offsets:
+            self._last = group_correction(offsets, prefer=self._last)
         return self._last
 
 

@@ -424,6 +424,7 @@ class Housekeeper(threading.Thread):
 HEARTBEAT = 2.0  # seconds between two heartbeats of a daemon
 SETTLE = 1.5 * HEARTBEAT  # wait at start for peers' heartbeats when none is listed
 SETTLE_LISTED = 3 * HEARTBEAT  # longest wait at start for the heartbeats of listed peers
+CLOCK_STEP = 0.5  # a jump of this host's wall clock against its steady clock: a step
 
 
 class Heartbeat(threading.Thread):
@@ -462,14 +463,27 @@ class Heartbeat(threading.Thread):
         self._settle_at = math.inf
         self._waiting_for: set[str] = set()
         self._heard = False
+        self._heard_any = False
+        self._lock = threading.Lock()
+        self._base = time.time() - time.monotonic()  # this host's wall clock - steady clock
 
     def settled(self) -> bool:
         """True once this daemon knows how its clock compares with its peers'."""
         return time.monotonic() >= self._settle_at
 
     def correction(self) -> float:
-        """Seconds to add to this host's wall clock to get the group's (0 within THRESHOLD)."""
-        return self._correction
+        """Seconds to add to this host's wall clock to get the group's (0 within THRESHOLD).
+        Notices at once a step of this host's own clock (its distance from the steady clock
+        jumps) and carries the correction along with it."""
+        with self._lock:
+            base = time.time() - time.monotonic()
+            step = base - self._base
+            self._base = base
+            if abs(step) > CLOCK_STEP and self._heard_any:
+                log.warning("this host's clock stepped by %+.1fs", step)
+                self._clocks.shift(step)
+                self._update(time.monotonic())
+            return self._correction
 
     def stop(self) -> None:
         self._halt.set()
@@ -515,8 +529,6 @@ class Heartbeat(threading.Thread):
         for kv in kvs:
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 present.add(keys.decode_name(kv.key[len(self._dir) :].decode("ascii")))
-        for peer in set(self._clocks.offsets(time.monotonic())) - present:
-            self._clocks.forget(peer)
         w = self.client.watch(self._dir, end, start_revision=rev + 1)
         if self._settle_at == math.inf:  # the first listing
             self._waiting_for = present - {self.id}
@@ -540,28 +552,33 @@ class Heartbeat(threading.Thread):
         return True
 
     def _observe(self, events: list[Any]) -> None:
-        from conch.clockskew import THRESHOLD
-
         now_m = time.monotonic()
         for ev in events:
-            if ev.kv.key == self._key:
-                continue
+            if ev.kv.key == self._key or ev.type is EventType.DELETE:
+                continue  # a peer gone quiet: its last offsets age out (clockskew.SAMPLE_AGE)
             try:
                 peer = keys.decode_name(ev.kv.key[len(self._dir) :].decode("ascii"))
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if ev.type is EventType.DELETE:
-                self._clocks.forget(peer)
-                continue
-            try:
                 peer_time = json.loads(ev.kv.value)["time"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError):
                 continue
             if isinstance(peer_time, int | float) and math.isfinite(peer_time):
-                self._clocks.observe(peer, float(peer_time), time.time(), now_m)
-                if peer in self._waiting_for:
-                    self._waiting_for.discard(peer)
-                    self._heard = True
+                self.correction()  # first: a step of my own clock shifts what is stored
+                with self._lock:
+                    self._clocks.observe(peer, float(peer_time), time.time(), now_m)
+                    self._heard_any = True
+                    if peer in self._waiting_for:
+                        self._waiting_for.discard(peer)
+                        self._heard = True
+        with self._lock:
+            self._update(now_m)
+            if self._heard and not self._waiting_for:
+                # every peer listed at start has been heard (after the correction is set)
+                self._settle_at = min(self._settle_at, now_m)
+
+    def _update(self, now_m: float) -> None:
+        """Recompute the correction from the peers' offsets (the caller holds the lock)."""
+        from conch.clockskew import THRESHOLD
+
         c = self._clocks.correction(now_m)
         skewed = abs(c) > THRESHOLD
         self._metrics.clock_offset(-c)
@@ -575,9 +592,6 @@ class Heartbeat(threading.Thread):
             log.info("this host's clock agrees with the other daemons' again")
         self._skewed = skewed
         self._correction = c if skewed else 0.0
-        if self._heard and not self._waiting_for:
-            # every peer listed at start has been heard (after the correction is set)
-            self._settle_at = min(self._settle_at, now_m)
 
 
 # ---------------------------------------------------------------------------------------
@@ -916,6 +930,11 @@ class Daemon:
         label = f"job {job.name!r} tick {cron.format_tick(us)}"
         if c.outcome is cron.ClaimOutcome.WON:
             self.metrics.claim(job.name, "won")
+            with self._lock:
+                running = (job.name, us) in self.runs
+            if running:  # its schedule came back to a tick this daemon is running
+                log.debug("%s: already running here", label)
+                return
             r = Run(self, job, us, c, lease)
             with self._lock:
                 self.runs[(job.name, us)] = r

@@ -287,24 +287,33 @@ def check_definition_size(job: Job) -> None:
 
 def add_job(client: Client, prefix: str, job: Job, replace: bool, now_us: int) -> int:
     """Store the definition. Without `replace`, only if NAME has none (else JobExists).
-    A new job's low-water mark is set to `now_us` (the adder's clock), so no daemon — even one
-    whose clock lags — claims a tick from before the job existed (e.g. of a removed job of the
-    same name). Safe to retry: a retried add that finds exactly what it wrote succeeded.
-    Returns the revision written."""
-    key, mark = keys.cron_job_key(prefix, job.name), keys.cron_mark_key(prefix, name=job.name)
+    A new job's low-water mark becomes `now_us` (the adder's clock) — or stays where it is if
+    a mark left by a removed job of the same name is ahead of that (ticks a daemon with a fast
+    clock already ran): no daemon, whatever its clock, claims a tick from before the job
+    existed or one that already ran. Safe to retry: a retried add that finds exactly what it
+    wrote succeeded. Returns the revision written."""
+    key, mark = keys.cron_job_key(prefix, job.name), keys.cron_mark_key(prefix, job.name)
     value = job.to_json()
-    created = [Op("put", key, value), Op("put", mark, keys.tick_token(now_us).encode())]
-    res = client.txn(
-        [Compare(key, "create", "==", 0)],
-        created,
-        [Op("put", key, value)] if replace else [Op("get", key)],
-    )
-    if res.succeeded or replace:
-        return res.revision
-    got = res.responses[0] or []
-    if got and got[0].value == value:  # our own write, whose answer was lost and retried
-        return got[0].mod_revision
-    raise JobExists(job.name)
+    now_token = keys.tick_token(now_us).encode()
+    while True:
+        old_mark, _ = client.get(mark)
+        mark_value = max(now_token, old_mark.value) if old_mark is not None else now_token
+        mark_guard = Compare(mark, "mod", "==", old_mark.mod_revision if old_mark else 0)
+        res = client.txn(
+            [Compare(key, "create", "==", 0), mark_guard],
+            [Op("put", key, value), Op("put", mark, mark_value)],
+            [Op("get", key)],
+        )
+        if res.succeeded:
+            return res.revision
+        got = res.responses[0] or []
+        if not got:
+            continue  # the mark moved meanwhile (a daemon claimed): read it again
+        if replace:
+            return client.put(key, value)
+        if got[0].value == value:  # our own write, whose answer was lost and retried
+            return got[0].mod_revision
+        raise JobExists(job.name)
 
 
 @dataclass
@@ -398,13 +407,16 @@ def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
     return out
 
 
-def remove_job(client: Client, prefix: str, name: str) -> bool:
-    """Delete NAME's definition and mark (False if it had no definition), then its history
-    except the records of runs still alive: those finish, and their winner writes the result
-    (docs/cron.md). Safe to retry: the delete is guarded by the definition it read, and a
-    definition gone when the guard fails was deleted (by this call's own retried request, or
-    by another rm at the same moment): done either way."""
+def remove_job(client: Client, prefix: str, name: str, now_us: int) -> bool:
+    """Delete NAME's definition (False if it had none), then its history except the records
+    of runs still alive: those finish, and their winner writes the result (docs/cron.md).
+    The job's low-water mark goes too — unless it is ahead of `now_us` (a daemon with a fast
+    clock ran ticks early): then it stays, so a job added again under the same name does not
+    run those ticks a second time. Safe to retry: the delete is guarded by the definition it
+    read, and a definition gone when the guard fails was deleted (by this call's own retried
+    request, or by another rm at the same moment): done either way."""
     key, mark = keys.cron_job_key(prefix, name), keys.cron_mark_key(prefix, name)
+    now_token = keys.tick_token(now_us).encode()
     existed = False
     while True:
         kv, _ = client.get(key)
@@ -412,13 +424,20 @@ def remove_job(client: Client, prefix: str, name: str) -> bool:
             break
         res = client.txn(
             [Compare(key, "mod", "==", kv.mod_revision)],
-            [Op("delete", key), Op("delete", mark)],
+            [Op("delete", key)],
             [Op("get", key)],
         )
         existed = True
         if res.succeeded or not (res.responses[0] or []):
             break
         # changed meanwhile (cron add --replace): delete what is there now
+    # the mark, unless it is ahead of the clock (guarded: a re-add may have set it meanwhile)
+    mark_kv, _ = client.get(mark)
+    if mark_kv is not None and mark_kv.value <= now_token:
+        client.txn(
+            [Compare(key, "create", "==", 0), Compare(mark, "mod", "==", mark_kv.mod_revision)],
+            [Op("delete", mark)],
+        )
     prune_history(client, prefix, name, keep=0)
     return existed
 
@@ -561,7 +580,11 @@ def claim(
         if run_kvs:
             kv = run_kvs[0]
             stored = RunRecord.from_json(kv.value)
-            if stored.claim == claim_id:  # ours: an answer was lost, the claim retried
+            if stored.claim == claim_id and kv.version == 1:
+                # ours, as claimed and never touched since: the answer was lost and the claim
+                # retried. A record rewritten since (a result) is a tick this daemon already
+                # ran — its schedule came back to it (the definition was replaced, its clock
+                # stepped back): never again.
                 mine = ClaimOutcome.SKIPPED if stored.status == "skipped" else ClaimOutcome.WON
                 return Claim(mine, kv.create_revision, stored)
             return Claim(ClaimOutcome.TAKEN, kv.create_revision)
@@ -588,7 +611,7 @@ def own_claim(
     if kv is None:
         return None
     stored = RunRecord.from_json(kv.value)
-    if stored.claim != claim_id:
+    if stored.claim != claim_id or kv.version != 1:  # not ours, or already run
         return None
     mine = ClaimOutcome.SKIPPED if stored.status == "skipped" else ClaimOutcome.WON
     return Claim(mine, kv.create_revision, stored)

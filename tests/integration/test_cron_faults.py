@@ -4,6 +4,7 @@ LD_PRELOAD shim), retried admin commands, a run cut short by --timeout."""
 
 from __future__ import annotations
 
+import calendar
 import collections
 import json
 import time
@@ -162,6 +163,10 @@ def _child(ticks: Path) -> list[str]:
     return ["env", "-u", "LD_PRELOAD", SH, "-c", f'echo "$CONCH_TICK $(date +%s.%N)" >> {ticks}']
 
 
+def _epoch(tick: str) -> float:
+    return calendar.timegm(time.strptime(tick, "%Y-%m-%dT%H:%M:%SZ"))
+
+
 def _runs(ticks: Path) -> list[tuple[str, float]]:
     out = []
     for line in ticks.read_text().splitlines() if ticks.exists() else []:
@@ -200,7 +205,7 @@ def test_a_leading_clock_claims_no_tick_early(conch, daemons, tmp_path, faultshi
     seen = collections.Counter(t for t, _ in _runs(ticks))
     assert all(n == 1 for n in seen.values()), [t for t, n in seen.items() if n > 1]
     for tick, at in _runs(ticks):
-        t = time.mktime(time.strptime(tick, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        t = _epoch(tick)
         assert at >= t - 0.2, f"tick {tick} started {t - at:.1f}s early"
     assert "ahead" in daemons.log("early") and "clock" in daemons.log("early")
 
@@ -232,3 +237,50 @@ def test_heartbeat_keys_name_each_daemon(daemons, conch, client, prefix):
     kvs = wait_for(lambda: client.get_range(d, keys.prefix_range_end(d))[0], what="a heartbeat")
     doc = json.loads(kvs[0].value)
     assert doc["id"] == "a" and abs(doc["time"] - time.time()) < 5 and kvs[0].lease
+
+
+def test_a_replaced_job_never_reruns_a_tick_its_daemon_already_ran(conch, daemons, tmp_path,
+                                                                   faultshim_lib,
+                                                                   clock_control):  # fmt: skip
+    """A daemon's clock jumps 5 s ahead (it claims ticks early), is stepped back, and the job is
+    replaced with the same definition: the daemon's schedule comes back to ticks it already
+    claimed — and ran — under its own claim id. It must not run them again. (Found by the cron
+    invariant scenario.)"""
+    ticks = tmp_path / "ticks"
+    cmd = ["@every 1s", "--overlap", "allow", "--", *_child(ticks)]
+    add(conch, "replaced", *cmd)
+    daemons.start("a", "--ttl", "3s", env=shim_env(faultshim_lib, clock_control))
+    wait_for(lambda: len(_runs(ticks)) >= 2, timeout=30, what="two ticks")
+    clock_control.set_realtime_offset(5.0)
+    n = len(_runs(ticks))
+    wait_for(lambda: len(_runs(ticks)) >= n + 2, timeout=30, what="ticks run early")
+    clock_control.set_realtime_offset(0.0)
+    r = conch.run("cron", "add", "replaced", "--schedule", "@every 1s", "--replace",
+                  "--overlap", "allow", "--", *_child(ticks))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    n = len(_runs(ticks))
+    wait_for(lambda: len(_runs(ticks)) >= n + 8, timeout=40, what="8 more ticks")
+    seen = collections.Counter(t for t, _ in _runs(ticks))
+    assert all(k == 1 for k in seen.values()), [t for t, k in seen.items() if k > 1]
+
+
+def test_rm_and_add_never_rerun_ticks_a_fast_clock_already_ran(conch, daemons, tmp_path,
+                                                               faultshim_lib,
+                                                               clock_control):  # fmt: skip
+    """A daemon 6 s ahead runs ticks early; `cron rm` deletes their records (they are still in
+    the future), the clock is fixed, the job is added again: its low-water mark must not go
+    back below the ticks that already ran. (Found by the cron invariant scenario.)"""
+    ticks = tmp_path / "ticks"
+    cmd = ["@every 1s", "--", *_child(ticks)]
+    add(conch, "again", *cmd)
+    clock_control.set_realtime_offset(6.0)
+    daemons.start("a", "--ttl", "3s", env=shim_env(faultshim_lib, clock_control))
+    wait_for(lambda: len(_runs(ticks)) >= 3, timeout=30, what="three (early) ticks")
+    assert conch.run("cron", "rm", "again").returncode == 0
+    clock_control.set_realtime_offset(0.0)
+    add(conch, "again", *cmd)
+    t_add = time.time()
+    wait_for(lambda: any(_epoch(t) >= t_add + 8 for t, _ in _runs(ticks)), timeout=40,
+             what="the ticks past those run early")  # fmt: skip
+    seen = collections.Counter(t for t, _ in _runs(ticks))
+    assert all(k == 1 for k in seen.values()), [t for t, k in seen.items() if k > 1]

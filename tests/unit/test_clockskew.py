@@ -46,15 +46,23 @@ def test_per_peer_the_least_delayed_sample_counts_and_old_ones_age_out() -> None
     pc.observe("a", peer_time=200.0, my_time=201.0, at=1.0)  # -1: the better estimate
     assert pc.offsets(2.0) == {"a": -1.0}
     assert pc.offsets(1.0 + SAMPLE_AGE + 0.1) == {}  # a quiet peer is forgotten
-    pc.observe("b", peer_time=0.0, my_time=0.0, at=0.0)
-    pc.forget("b")
-    assert "b" not in pc.offsets(0.0)
 
 
-def test_outvoted_stays_corrected_when_a_peer_leaves() -> None:
+def test_outvoted_stays_corrected_when_peers_go_quiet() -> None:
     pc = PeerClocks()
     for peer in ("a", "b"):
         pc.observe(peer, peer_time=0.0, my_time=25.0, at=0.0)
     assert pc.correction(1.0) == -25.0
-    pc.forget("a")
+    pc.observe("b", peer_time=100.0, my_time=125.0, at=SAMPLE_AGE)  # a went quiet: 1 vs 1
+    assert pc.correction(SAMPLE_AGE + 1.0) == -25.0
+    assert pc.correction(10 * SAMPLE_AGE) == -25.0  # nobody heard: keep what was known
+
+
+def test_a_step_of_my_own_clock_carries_the_correction_along() -> None:
+    pc = PeerClocks()
+    for peer in ("a", "b"):
+        pc.observe(peer, peer_time=0.0, my_time=25.0, at=0.0)
     assert pc.correction(1.0) == -25.0
+    pc.shift(-25.0)  # NTP fixed my clock: it went back 25 s
+    assert pc.correction(1.0) == 0.0
+    assert pc.offsets(1.0) == {"a": 0.0, "b": 0.0}
