@@ -1,5 +1,6 @@
 """Fixtures of the invariant tests: a 3-member etcd cluster on loopback, hang diagnostics, and
-the measured figures (printed at the end of the run; `--invariant-report FILE` writes JSON)."""
+the measured figures of the elect/sema and the cron scenarios (printed at the end of the run;
+`--invariant-report FILE` writes JSON)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from conch.localetcd import LocalCluster
 HANG_DUMP_AFTER = 240.0
 
 _RESULTS: list[dict[str, Any]] = []
+_CRON_RESULTS: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,12 @@ def _dump_stacks_on_hang() -> Iterator[None]:
 def record_invariant_result() -> Any:
     """Collects one seed's figures for the end-of-run table."""
     return _RESULTS.append
+
+
+@pytest.fixture
+def record_cron_result() -> Any:
+    """Collects one cron seed's figures (cron_checker.summarize) for the end-of-run table."""
+    return _CRON_RESULTS.append
 
 
 def _aggregate() -> dict[str, dict[str, Any]]:
@@ -76,11 +84,68 @@ def _aggregate() -> dict[str, dict[str, Any]]:
     return out
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if not _RESULTS:
-        return
+def _aggregate_cron() -> dict[str, dict[str, Any]]:
+    kinds: dict[str, dict[str, Any]] = {}
+    for res in _CRON_RESULTS:
+        for kind, st in res["per_kind"].items():
+            k = kinds.setdefault(
+                kind,
+                {
+                    "faults": 0,
+                    "ticks_excused": 0,
+                    "runs_lost": 0,
+                    "recognised": 0,
+                    "lags_s": [],
+                    "convergence_s": [],
+                },
+            )
+            for key in ("faults", "ticks_excused", "runs_lost", "recognised"):
+                k[key] += st[key]
+            k["lags_s"] += st["lags_s"]
+            k["convergence_s"] += st["convergence_s"]
+    out = {}
+    for kind, k in sorted(kinds.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        lags, conv = sorted(k.pop("lags_s")), sorted(k.pop("convergence_s"))
+        k["lag_p50_s"] = lags[len(lags) // 2] if lags else None
+        k["lag_max_s"] = lags[-1] if lags else None
+        k["lag_min_s"] = lags[0] if lags else None
+        k["median_convergence_s"] = conv[len(conv) // 2] if conv else None
+        k["max_convergence_s"] = conv[-1] if conv else None
+        out[kind] = k
+    return out
+
+
+def _cron_summary(tr: Any) -> dict[str, dict[str, Any]]:
+    agg = _aggregate_cron()
+    tr.section("invariant: cron ticks under faults")
+    seeds = ", ".join(f"{r['seed']} ({r['seconds']:.0f}s)" for r in _CRON_RESULTS)
+    tr.write_line(f"seeds: {seeds}")
+    tr.write_line(
+        "per fault kind: ticks excused (no run and no record, inside an etcd fault's window, "
+        "or overtaken by an early claim: counted for the last clock step), runs lost, claims "
+        "whose answer was lost and that their daemon recognised and ran late, tick->start lag "
+        "of the ticks in the fault's effect window (min < 0: started early), convergence from "
+        "the injection"
+    )
+    tr.write_line(
+        f"{'fault kind':<14}{'faults':>7}{'excused':>9}{'lost':>6}{'recog.':>8}{'lag p50':>9}"
+        f"{'lag max':>9}{'lag min':>9}{'median conv.':>14}{'max conv.':>11}"
+    )
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}s"
+
+    for kind, k in agg.items():
+        tr.write_line(
+            f"{kind:<14}{k['faults']:>7}{k['ticks_excused']:>9}{k['runs_lost']:>6}"
+            f"{k['recognised']:>8}{fmt(k['lag_p50_s']):>9}{fmt(k['lag_max_s']):>9}{fmt(k['lag_min_s']):>9}"
+            f"{fmt(k['median_convergence_s']):>14}{fmt(k['max_convergence_s']):>11}"
+        )
+    return agg
+
+
+def _elect_summary(tr: Any) -> dict[str, dict[str, Any]]:
     agg = _aggregate()
-    tr = terminalreporter
     tr.section("invariant: measured overlap and convergence")
     seeds = ", ".join(f"{r['seed']} ({r['seconds']:.0f}s)" for r in _RESULTS)
     tr.write_line(f"seeds: {seeds}")
@@ -102,8 +167,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             f"{fmt(k['median_convergence_s']):>14}{fmt(k['max_convergence_s']):>11}"
             f"{fmt(k['max_after_repair_s']):>18}"
         )
+    return agg
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    doc: dict[str, Any] = {}
+    if _RESULTS:
+        doc.update(seeds=_RESULTS, per_kind=_elect_summary(terminalreporter))
+    if _CRON_RESULTS:
+        doc["cron"] = {"seeds": _CRON_RESULTS, "per_kind": _cron_summary(terminalreporter)}
     path = config.getoption("--invariant-report")
-    if path:
+    if path and doc:
         with open(path, "w") as f:
-            json.dump({"seeds": _RESULTS, "per_kind": agg}, f, indent=2)
-        tr.write_line(f"written to {path}")
+            json.dump(doc, f, indent=2)
+        terminalreporter.write_line(f"written to {path}")
