@@ -14,10 +14,18 @@ class _NoWatchdog:
 
     pid = 0
     broken = False
+    returncode = None
+
+    @classmethod
+    def spawn(cls) -> _NoWatchdog:
+        return cls()
 
     @classmethod
     def start(cls, pgid: int, kill_after: float, deadline: float) -> _NoWatchdog:
         return cls()
+
+    def arm(self, pgid: int, kill_after: float, deadline: float) -> None:
+        pass
 
     def update(self, deadline: float) -> None:
         pass

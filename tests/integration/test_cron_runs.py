@@ -1,0 +1,107 @@
+"""One cron run on a conchd, end to end: commands that cannot run, a watchdog that cannot start
+or dies, the output a run leaves (docs/cron.md: "A command that cannot be run", "A killed
+daemon's children", "Output")."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from conftest import pid_gone, wait_for
+from faults.shim import shim_env
+from test_cron import SH, add, records
+
+from conch import cron
+
+
+def first_result(client: Any, prefix: str, name: str) -> cron.RunRecord | None:
+    done = [r for _, r in sorted(records(client, prefix, name).items())
+            if r.status in ("ok", "failed")]  # fmt: skip
+    return done[0] if done else None
+
+
+def test_commands_that_cannot_run_are_failed_like_a_shell(conch, daemons, client, prefix,
+                                                          tmp_path):  # fmt: skip
+    not_exec = tmp_path / "not-executable"
+    not_exec.write_text("#!/bin/sh\necho hi\n")
+    add(conch, "missing", "@every 1s", "--", str(tmp_path / "no-such-command"))
+    add(conch, "noexec", "@every 1s", "--", str(not_exec))
+    daemons.start("d")
+    for name, code in (("missing", 127), ("noexec", 126)):
+        rec = wait_for(lambda name=name: first_result(client, prefix, name), timeout=30,
+                       what=f"a result of {name}")  # fmt: skip
+        assert rec.status == "failed" and rec.exit_code == code, rec
+        assert "cannot run" in rec.output and rec.duration == 0.0
+    assert "Traceback" not in daemons.log("d")
+
+
+def test_a_run_whose_watchdog_cannot_start_is_not_run(conch, daemons, client, prefix, tmp_path,
+                                                      faultshim_lib):  # fmt: skip
+    """At a pids limit the watchdog's fork/exec fails: the job must not run unwatched (a conchd
+    dying then would leave it running invisibly). Recorded failed, 71."""
+    ran = tmp_path / "ran"
+    add(conch, "nowd", "@every 1s", "--", SH, "-c", f"touch {ran}")
+    daemons.start("d", env=shim_env(faultshim_lib, fail_exec="watchdog.py"))
+    rec = wait_for(lambda: first_result(client, prefix, "nowd"), timeout=30, what="a result")
+    assert rec.status == "failed" and rec.exit_code == 71, rec
+    assert "watchdog" in rec.output
+    assert not ran.exists()
+
+
+def _watchdogs_of(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"watchdog.py" in cmdline:
+            out.append(int(name))
+    return out
+
+
+def test_a_runs_dead_watchdog_is_replaced(conch, daemons, tmp_path):
+    """The watchdog of a running job is killed: conchd starts a new one, so a conchd that dies
+    afterwards still takes the job's process group with it."""
+    child_pid = tmp_path / "pid"
+    once = (f"[ -e {child_pid} ] && exit 0; echo $$ > {child_pid}; "
+            "while true; do sleep 0.05; done")  # fmt: skip
+    add(conch, "guarded", "@every 1s", "--overlap", "allow", "--", SH, "-c", once)
+    d = daemons.start("d")
+    wait_for(lambda: child_pid.exists() and child_pid.read_text().strip(), timeout=30,
+             what="the run")  # fmt: skip
+    child = int(child_pid.read_text())
+    (first,) = wait_for(lambda: _watchdogs_of(d.pid), what="its watchdog")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: [w for w in _watchdogs_of(d.pid) if w != first], timeout=10,
+                      what="a new watchdog")  # fmt: skip
+    assert second and "watchdog died" in daemons.log("d")
+    assert not pid_gone(child)  # the run goes on
+    d.kill()  # conchd dies: the new watchdog kills the group
+    d.wait(10)
+    wait_for(lambda: pid_gone(child), timeout=15, what="the child killed by the new watchdog")
+
+
+def test_output_is_logged_by_line_and_its_tail_kept(conch, daemons, client, prefix):
+    """Lines go to conchd's log prefixed with the job name (a line longer than 8 KiB in
+    pieces); the record keeps the last 4 KiB, cut at a character boundary."""
+    script = (
+        "printf 'first line\\nsecond line\\n'; "
+        "head -c 20000 /dev/zero | tr '\\0' x; echo; "
+        "i=0; while [ $i -lt 3000 ]; do printf 'é'; i=$((i+1)); done"
+    )
+    add(conch, "talk", "@every 1s", "--", SH, "-c", script)
+    daemons.start("d")
+    rec = wait_for(lambda: first_result(client, prefix, "talk"), timeout=30, what="a result")
+    assert rec.status == "ok", rec
+    assert len(rec.output.encode()) <= cron.TAIL_BYTES
+    assert rec.output.endswith("é" * 100) and "\ufffd" not in rec.output
+    log = daemons.log("d")
+    assert "[talk] first line" in log and "[talk] second line" in log
+    assert "[talk] " + "x" * 8192 in log  # the long line, in pieces of 8 KiB
