@@ -278,3 +278,34 @@ def _stderr_so_far(p) -> str:  # type: ignore[no-untyped-def]
         chunk = b""
     p._seen = getattr(p, "_seen", "") + chunk.decode(errors="replace")
     return p._seen
+
+
+def test_the_holder_key_watch_resumes_after_compaction_and_still_sees_a_delete(
+    conch, tmp_path, etcd_proxy, etcd, prefix
+):
+    """The holder's connection stalls while the history it would resume its key watch from is
+    compacted away: on reconnection conch re-checks its key with one read, watches from there,
+    and a delete of the key afterwards is still seen (the child is killed, exit 70)."""
+    from conch.client import Client, ClientConfig
+
+    ready, child_pid = tmp_path / "ready", tmp_path / "pid"
+    p = conch.start("elect", "compacted", "--ttl", "10s", "--kill-after", "1s", "--", SH, "-c",
+                    f"echo $$ > {child_pid}; touch {ready}; while true; do sleep 0.05; done",
+                    env={"CONCH_ENDPOINTS": etcd_proxy.endpoint})  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    direct = Client(ClientConfig(endpoints=tuple(etcd.endpoints)))
+    try:
+        etcd_proxy.hang()
+        for i in range(5):
+            rev = direct.put(f"{prefix}noise/{i}".encode(), b"x")
+        direct.compact(rev)
+        etcd_proxy.pass_through()  # conch reconnects: its watch's start revision is compacted
+        assert p.poll() is None, p.stderr.read()
+        # deleted before or after the watch is re-created from the re-checked revision: seen
+        kvs, _ = direct.get_range(f"{prefix}".encode(), f"{prefix}\xff".encode())
+        (key,) = [kv.key for kv in kvs if b"/elect/" in kv.key]
+        direct.delete(key)
+    finally:
+        direct.close()
+    assert p.wait(20) == 70
+    assert pid_gone(int(read(child_pid)))
