@@ -287,10 +287,11 @@ def _supervise(
         rc = child.poll()
         if rc is not None:
             # How it ended is decided now: a deadline that passes, or a signal that arrives,
-            # while the rest of the group is reaped does not change it. An untrusted lease at
-            # this point means the watchdog killed the child while conch was paused or stuck.
+            # while the rest of the group is reaped does not change it. An untrusted lease, or
+            # a watchdog that has begun to fire, at this point means the watchdog killed the
+            # child (conch was paused or stuck, or its last renewal reached the watchdog late).
             ran = time.monotonic() - started
-            trusted = session.is_trusted()
+            trusted = session.is_trusted() and not wd.fired()
             child.reap_group(spec.kill_after)
             wd.disarm()
             if not trusted:

@@ -261,6 +261,9 @@ def _run(stdin_fd: int = 0) -> int:
     def fire() -> int:
         assert state.pgid is not None
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # said first: conch, seeing its child die, must know it was this and not the child
+        with contextlib.suppress(OSError):
+            os.write(1, b"fired\n")
         kill_group(state.pgid, state.kill_after)
         return EXIT_FIRED
 
@@ -323,6 +326,9 @@ class Watchdog:
         self._fd = stdin.fileno()
         self._lock: threading.Lock = threading.Lock()
         self.broken = False  # a write failed: the watchdog is gone (it fired, or was killed)
+        self._fired = False
+        if proc.stdout is not None:
+            os.set_blocking(proc.stdout.fileno(), False)
 
     @property
     def pid(self) -> int:
@@ -340,7 +346,7 @@ class Watchdog:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
@@ -385,6 +391,7 @@ class Watchdog:
         with contextlib.suppress(OSError):
             self._proc.kill()
         self._proc.wait()
+        self._close_stdout()
 
     def _send(self, line: str) -> None:
         """Write one line; caller holds the lock. Never raises."""
@@ -422,6 +429,14 @@ class Watchdog:
                 self._proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
+        self._close_stdout()
+
+    def _close_stdout(self) -> None:
+        self.fired()  # read what it said before the pipe goes
+        out = self._proc.stdout
+        if out is not None:
+            with contextlib.suppress(OSError):
+                out.close()
 
     def alive(self) -> bool:
         """True while the watchdog process runs."""
@@ -432,8 +447,16 @@ class Watchdog:
         return self._proc.poll()
 
     def fired(self) -> bool:
-        """True if the watchdog killed the group (it exited with EXIT_FIRED)."""
-        return self._proc.poll() == EXIT_FIRED
+        """True once the watchdog has begun to kill the group: it says so on its stdout
+        before the first signal, so a child found dead by then was killed by it (and not
+        after it exited on its own)."""
+        if self._fired:
+            return True
+        out = self._proc.stdout
+        if out is not None and not out.closed:
+            with contextlib.suppress(OSError, ValueError):  # BlockingIOError: nothing yet
+                self._fired = b"fired" in os.read(out.fileno(), 64)
+        return self._fired or self._proc.poll() == EXIT_FIRED
 
 
 if __name__ == "__main__":

@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+
+def read(path: Path) -> str:
+    """The file's text, or "" if it does not exist (yet)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def children_running(parent: int, needle: bytes) -> list[int]:
+    """Pids of `parent`'s child processes whose command line contains `needle`."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and needle in cmdline:
+            out.append(int(name))
+    return out
 
 
 def stop_gracefully(procs: Iterable[subprocess.Popen[Any]], grace: float = 5.0) -> None:

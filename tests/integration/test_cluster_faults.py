@@ -10,22 +10,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import pid_gone, wait_for
+from procs import read
 
 from conch.localetcd import LocalCluster
 
 SH = "/bin/sh"
 CONCHD = [sys.executable, "-m", "conch.conchd"]
-
-
-def read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import sys
 import time
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from conftest import pid_gone, wait_for
 from cron_fixtures import Daemons
+from procs import read
 
 from conch import cron, keys
 from conch.client import Client
@@ -30,13 +30,6 @@ CONCHD = [sys.executable, "-m", "conch.conchd"]
 SH = "/bin/sh"
 RUN_FIELDS = {"tick", "status", "exit_code", "host", "started", "finished"}
 JOB_FIELDS = {"name", "schedule", "tz", "cmd", "next_tick", "runs"}
-
-
-def read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def ts(rfc3339: str) -> float:

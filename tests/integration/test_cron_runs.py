@@ -10,6 +10,7 @@ from typing import Any
 
 from conftest import pid_gone, wait_for
 from faults.shim import shim_env
+from procs import children_running
 from test_cron import SH, add, records
 
 from conch import cron
@@ -50,20 +51,7 @@ def test_a_run_whose_watchdog_cannot_start_is_not_run(conch, daemons, client, pr
 
 
 def _watchdogs_of(pid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"watchdog.py" in cmdline:
-            out.append(int(name))
-    return out
+    return children_running(pid, b"watchdog.py")
 
 
 def test_a_runs_dead_watchdog_is_replaced(conch, daemons, tmp_path):

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import pid_gone, wait_for
+from procs import read
 
 from conch.localetcd import LocalCluster
 
 SH = "/bin/sh"
-
-
-def read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def test_who_on_vacant_office_exits_1(conch):

@@ -10,32 +10,15 @@ from pathlib import Path
 
 from conftest import pid_gone, wait_for
 from faults.shim import shim_env
+from procs import children_running, read
 
 SH = "/bin/sh"
 
 
-def read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
 def watchdog_of(conch_pid: int) -> int:
-    """The pid of conch's watchdog process (a child of conch running watchdog.py)."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == conch_pid and b"watchdog.py" in cmdline:
-            return int(name)
-    return 0
+    """The pid of conch's watchdog process (a child of conch running watchdog.py), or 0."""
+    found = children_running(conch_pid, b"watchdog.py")
+    return found[0] if found else 0
 
 
 def test_a_watchdog_that_dies_while_the_child_runs_ends_the_hold_as_a_loss(conch, tmp_path):
@@ -53,6 +36,25 @@ def test_a_watchdog_that_dies_while_the_child_runs_ends_the_hold_as_a_loss(conch
     assert pid_gone(int(read(child_pid)))
     assert "watchdog" in p.stderr.read()
     assert conch.run("elect", "wd-dies", "--who").returncode == 1  # the slot was given up
+
+
+def test_a_child_killed_by_its_watchdog_is_a_loss_not_its_own_exit(conch, tmp_path):
+    """The watchdog killed the group (here on SIGTERM; in the invariant suite, at a deadline a
+    late renewal had not yet reached it) while conch still trusted its lease: conch sees its
+    child die by SIGTERM, and must report the loss (70), not the child's 128+15."""
+    ready, child_pid = tmp_path / "ready", tmp_path / "child_pid"
+    # a grandchild that outlives SIGTERM keeps the watchdog busy (alive) for --kill-after
+    # after the child itself is dead: conch sees the child's death first
+    stubborn = f"{SH} -c \"trap '' TERM; touch {ready}; while true; do sleep 0.05; done\" &"
+    p = conch.start(
+        "elect", "wd-fires", "--kill-after", "2s", "--", SH, "-c",
+        f"echo $$ > {child_pid}; {stubborn} while true; do sleep 0.05; done",
+    )  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    wd = wait_for(lambda: watchdog_of(p.pid), what="the watchdog process")
+    os.kill(wd, signal.SIGTERM)
+    assert p.wait(20) == 70
+    assert pid_gone(int(read(child_pid)))
 
 
 def _child_leaving_a_stubborn_grandchild(tmp_path: Path, code: int) -> tuple[list[str], Path]:

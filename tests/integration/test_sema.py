@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from procs import read
 
 from conch import keys
 from conch.client import Client, ClientConfig
 
 SH = "/bin/sh"
-
-
-def read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def hold_until(release: Path, log: Path | None = None) -> list[str]:

@@ -14,12 +14,12 @@ separately; a cron seed takes ~40-60 s where an elect/sema seed takes ~30 s.
 
 from __future__ import annotations
 
-import random
 import time
 from typing import Any
 
 import pytest
 from cron_harness import CronHarness, CronScenario
+from seeds import parametrize_seeds
 
 pytestmark = [pytest.mark.invariant, pytest.mark.timeout(600)]
 
@@ -33,18 +33,7 @@ CI_SEEDS = [58, 7, 12]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "cron_seed" not in metafunc.fixturenames:
-        return
-    given = metafunc.config.getoption("--seed")
-    k = metafunc.config.getoption("--random-seeds")
-    if given:
-        seeds = [int(s) for s in str(given).split(",") if s.strip()]
-    elif k:
-        rng = random.SystemRandom()
-        seeds = [rng.randrange(1_000_000) for _ in range(k)]
-    else:
-        seeds = CI_SEEDS
-    metafunc.parametrize("cron_seed", seeds, ids=[f"seed={s}" for s in seeds])
+    parametrize_seeds(metafunc, "cron_seed", CI_SEEDS)
 
 
 def test_cron_invariants_hold_under_seeded_faults(

@@ -8,7 +8,6 @@ a 3-member etcd cluster, judged by invariant_checker (see docs/testing.md).
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from invariant_checker import STOP_CONCH
 from invariant_harness import FaultPlan, Harness, Scenario
+from seeds import parametrize_seeds
 
 pytestmark = [pytest.mark.invariant, pytest.mark.timeout(600)]
 
@@ -29,18 +29,7 @@ CI_SEEDS = [3, 8, 6, 5, 12, 25]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "seed" not in metafunc.fixturenames:
-        return
-    given = metafunc.config.getoption("--seed")
-    k = metafunc.config.getoption("--random-seeds")
-    if given:
-        seeds = [int(s) for s in str(given).split(",") if s.strip()]
-    elif k:
-        rng = random.SystemRandom()
-        seeds = [rng.randrange(1_000_000) for _ in range(k)]
-    else:
-        seeds = CI_SEEDS
-    metafunc.parametrize("seed", seeds, ids=[f"seed={s}" for s in seeds])
+    parametrize_seeds(metafunc, "seed", CI_SEEDS)
 
 
 def test_invariants_hold_under_seeded_faults(
