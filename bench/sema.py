@@ -1,12 +1,17 @@
-"""How many waiters does one release wake? (conch sema: "a release wakes O(1) waiters").
+"""sema --max N under contention: wake-ups, promotion latency and etcd requests per release.
+
+How many waiters does one release wake? (conch sema: "a release wakes O(1) waiters").
 
 Runs `slots` holders and `waiters` waiters of one semaphore in this process, each with its own
 lease session, using conch's own contention recipe against a real etcd. Holders are released
 one at a time, oldest first; after each release we wait for the promotion it causes and count
 the watch wake-ups (a waiter's watch returning events, so it re-lists) it took.
 
-    python bench/herd.py                    # starts its own etcd; 50 waiters, --max 3
-    python bench/herd.py --waiters 50 --slots 3 --endpoints http://127.0.0.1:2379
+    python -m bench.sema                    # starts its own etcd; 50 waiters, --max 3
+    python -m bench.sema --waiters 50 --slots 3 --endpoints http://127.0.0.1:2379
+
+The number of requests etcd served per release (every gRPC method, every contender) is read
+from etcd's own /metrics before and after, so it is etcd's view, not conch's.
 """
 
 from __future__ import annotations
@@ -45,8 +50,15 @@ def _life(m: Member) -> None:
         m.done.set()
 
 
-def measure(endpoints: list[str], waiters: int, slots: int, prefix: str) -> list[int]:
-    """Wake-ups per release, for every release that promoted a waiter."""
+@dataclass
+class Releases:
+    wakes: list[int]  # watch wake-ups per release
+    latencies: list[float]  # release -> the next waiter holds, seconds
+    requests: float  # gRPC messages etcd received per release (keepalives excluded)
+
+
+def measure(endpoints: list[str], waiters: int, slots: int, prefix: str) -> Releases:
+    """One release at a time, oldest holder first, each promoting the next waiter."""
     client = Client(ClientConfig(endpoints=tuple(endpoints)))
     client.connect()
     directory = sema_dir(prefix, f"herd-{time.monotonic_ns()}", slots)
@@ -66,26 +78,46 @@ def measure(endpoints: list[str], waiters: int, slots: int, prefix: str) -> list
         # let every waiter reach its watch before measuring
         time.sleep(1.0)
         wakes: list[int] = []
+        latencies: list[float] = []
+        before_requests = etcd_requests(endpoints)
         for i in range(waiters):
             before = sum(m.contention.wakeups for m in members)
+            t0 = time.perf_counter()
             members[i].release.set()
             nxt = members[i + slots]
             if not nxt.held.wait(30):
                 raise RuntimeError(f"waiter {i + slots} was not promoted")
+            latencies.append(time.perf_counter() - t0)
             # the promotion put wakes the next waiter; give it time to re-list and settle
             settle_until = time.monotonic() + 0.2
             while time.monotonic() < settle_until:
                 time.sleep(0.02)
             wakes.append(sum(m.contention.wakeups for m in members) - before)
+        requests = (etcd_requests(endpoints) - before_requests) / waiters
         for m in members:
             m.release.set()
         for m in members:
             m.done.wait(10)
-        return wakes
+        return Releases(wakes, latencies, requests)
     finally:
         for m in members:
             m.release.set()
         client.close()
+
+
+def etcd_requests(endpoints: list[str]) -> int:
+    """gRPC messages received by every member, from etcd's /metrics (keepalives excluded)."""
+    import urllib.request
+
+    total = 0
+    for ep in endpoints:
+        with urllib.request.urlopen(f"{ep}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("grpc_server_msg_received_total{") and (
+                    'grpc_method="LeaseKeepAlive"' not in line
+                ):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 def main() -> int:
@@ -103,7 +135,7 @@ def main() -> int:
         cluster = LocalCluster(1).start()
         endpoints = cluster.endpoints
     try:
-        wakes = measure(endpoints, args.waiters, args.slots, "/bench/")
+        wakes = measure(endpoints, args.waiters, args.slots, "/bench/").wakes
     finally:
         if cluster:
             cluster.stop()

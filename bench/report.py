@@ -1,0 +1,260 @@
+"""The benchmark report: bench/results/README.md, results.json and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(target, met, measured) for every target issue 8 states that this run measured."""
+    out: list[tuple[str, bool, str]] = []
+    if "handover" in r:
+        c, e = r["handover"]["conch"]["p50"], r["handover"]["etcdctl"]["p50"]
+        out.append(("hand-over p50 <= etcdctl lock's", c <= e, f"{c:.1f} vs {e:.1f} ms"))
+    if "queue" in r:
+        q = r["queue"]["conch"]
+        lo, hi = min(q, key=int), max(q, key=int)
+        a, b = q[lo]["p50"], q[hi]["p50"]
+        out.append(
+            (
+                f"flat queue: p50 at {hi} waiters <= 1.2x p50 at {lo}",
+                b <= 1.2 * a,
+                f"{b:.1f} vs {a:.1f} ms ({_ratio(b, a)})",
+            )
+        )
+    if "oneshot" in r:
+        c = r["oneshot"]["tools"]["conch"]["p50"]
+        e = r["oneshot"]["tools"]["etcdctl"]["p50"]
+        out.append(
+            (
+                "one-shot <= 2.5x etcdctl lock",
+                c <= 2.5 * e,
+                f"{c:.0f} vs {e:.0f} ms ({_ratio(c, e)})",
+            )
+        )
+    if "memory" in r:
+        w = r["memory"]["conch"]["waiter"]
+        floor = r["memory"]["floor"]["python + grpc + stubs"]
+        out.append(
+            (
+                "waiter RSS within 5 MB of python + grpc + stubs",
+                w <= floor + 5,
+                f"{w:.1f} vs {floor:.1f} MB",
+            )
+        )
+    if "crash" in r:
+        c = r["crash"]["conch"]["p50"]
+        out.append(
+            (f"crash failover p50 < 1 s (--ttl {r['crash']['ttl_s']}s)", c < 1000, f"{c:.0f} ms")
+        )
+    return out
+
+
+def _table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any], plots: list[str]) -> str:
+    m = r["meta"]
+    md = [
+        "# conch benchmarks",
+        "",
+        f"- command: `{m['command']}` ({m['elapsed_s']} s)",
+        f"- date: {m['date']}",
+        f"- machine: {m['machine']}; Python {m['python']}; conch {m['conch']}; "
+        f"etcd {m['etcd']} (local, 1 member)",
+        "- every figure is measured side by side with `etcdctl lock` (same etcd, same child, "
+        "interleaved); ratio = conch / etcdctl lock",
+        "",
+        "## Targets",
+        "",
+        _table(
+            [["target", "result", "measured"]] + [[t, _verdict(ok), v] for t, ok, v in targets(r)]
+        ),
+    ]
+    if "handover" in r:
+        h = r["handover"]
+        md += [
+            "",
+            "## Hand-over: holder's child exits -> waiter's child starts (ms)",
+            "",
+            _table(
+                [["tool", "n", "p50", "p95", "p99", "max"]]
+                + [
+                    [k, str(h[k]["n"]), *(f"{h[k][p]:.1f}" for p in ("p50", "p95", "p99", "max"))]
+                    for k in ("conch", "etcdctl")
+                ]
+                + [
+                    [
+                        "ratio",
+                        "",
+                        *(
+                            _ratio(h["conch"][p], h["etcdctl"][p])
+                            for p in ("p50", "p95", "p99", "max")
+                        ),
+                    ]
+                ]
+            ),
+        ]
+    if "queue" in r:
+        q = r["queue"]
+        md += [
+            "",
+            "## Hand-over while a queue drains (ms, p50 / p95)",
+            "",
+            _table(
+                [["waiters", "conch", "etcdctl lock", "ratio (p50)"]]
+                + [
+                    [
+                        str(n),
+                        f"{q['conch'][n]['p50']:.1f} / {q['conch'][n]['p95']:.1f}",
+                        f"{q['etcdctl'][n]['p50']:.1f} / {q['etcdctl'][n]['p95']:.1f}",
+                        _ratio(q["conch"][n]["p50"], q["etcdctl"][n]["p50"]),
+                    ]
+                    for n in q["conch"]
+                ]
+            ),
+        ]
+    if "oneshot" in r:
+        o = r["oneshot"]
+        rows = [["what", "p50 ms", "p95 ms"]]
+        rows += [
+            [f"`{k} NAME -- true`", f"{v['p50']:.0f}", f"{v['p95']:.0f}"]
+            for k, v in o["tools"].items()
+        ]
+        rows += [[k, f"{v['p50']:.0f}", f"{v['p95']:.0f}"] for k, v in o["floors"].items()]
+        md += ["", "## One-shot: the whole process, uncontended", "", _table(rows)]
+    if "memory" in r:
+        mem = r["memory"]
+        rows = [["tool", "waiter MB", "holder MB", "holder + watchdog MB"]]
+        rows += [
+            [k, f"{v['waiter']:.1f}", f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}"]
+            for k, v in mem.items()
+            if k != "floor"
+        ]
+        md += [
+            "",
+            "## Memory (RSS, median)",
+            "",
+            _table(rows),
+            "",
+            f"Floor: python importing grpc and conch's stubs: "
+            f"{mem['floor']['python + grpc + stubs']:.1f} MB.",
+        ]
+    if "crash" in r:
+        c = r["crash"]
+        md += [
+            "",
+            f"## Crash failover: SIGKILL of the holder -> successor's child starts "
+            f"(--ttl {c['ttl_s']}s, ms)",
+            "",
+            _table(
+                [["tool", "n", "p50", "max"]]
+                + [
+                    [k, str(c[k]["n"]), f"{c[k]['p50']:.0f}", f"{c[k]['max']:.0f}"]
+                    for k in ("conch", "etcdctl")
+                ]
+            ),
+        ]
+    if "sema" in r:
+        s = r["sema"]
+        md += [
+            "",
+            f"## sema --max {s['slots']}, {s['waiters']} contenders (in-process, "
+            "conch's own recipe)",
+            "",
+            f"- release -> next holder: p50 {s['latency_ms']['p50']:.1f} ms, "
+            f"p95 {s['latency_ms']['p95']:.1f} ms",
+            f"- watch wake-ups per release: mean {s['wakes_mean']:.2f}, max {s['wakes_max']}",
+            f"- etcd requests per release (gRPC messages, keepalives excluded): "
+            f"{s['requests_per_release']:.1f}",
+        ]
+    if plots:
+        md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(md) + "\n"
+
+
+def write(r: dict[str, Any], out: Path, plots: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
+    names = _plots(r, out) if plots else []
+    path = out / "README.md"
+    path.write_text(markdown(r, names))
+    return path
+
+
+def _plots(r: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+
+    if "handover" in r:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in ("conch", "etcdctl"):
+            xs = sorted(r["handover"][k]["raw_ms"])
+            ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=k)
+        ax.set(xlabel="hand-over (ms)", ylabel="fraction", title="Hand-over, one waiter (CDF)")
+        ax.legend()
+        save(fig, "handover.png")
+    if "queue" in r:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in ("conch", "etcdctl"):
+            ns = sorted(r["queue"][k], key=int)
+            ax.plot(ns, [r["queue"][k][n]["p50"] for n in ns], marker="o", label=f"{k} p50")
+            ax.plot(ns, [r["queue"][k][n]["p95"] for n in ns], ls="--", label=f"{k} p95")
+        ax.set(
+            xscale="log",
+            xlabel="waiters queued",
+            ylabel="hand-over (ms)",
+            title="Hand-over while a queue drains",
+        )
+        ax.legend()
+        save(fig, "queue.png")
+    if "oneshot" in r:
+        o = r["oneshot"]
+        labels = list(o["tools"]) + list(o["floors"])
+        vals = [v["p50"] for v in o["tools"].values()] + [v["p50"] for v in o["floors"].values()]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.barh(labels, vals, color=["C0", "C1"] + ["C7"] * len(o["floors"]))
+        ax.set(xlabel="wall time p50 (ms)", title="One-shot `X NAME -- true` and floors")
+        save(fig, "oneshot.png")
+    if "memory" in r:
+        mem = r["memory"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        rows = [(f"{k} {f}", v[f]) for k, v in mem.items() if k != "floor" for f in v]
+        rows += [(k, v) for k, v in mem["floor"].items()]
+        ax.barh([a for a, _ in rows], [b for _, b in rows])
+        ax.set(xlabel="RSS (MB)", title="Memory")
+        save(fig, "memory.png")
+    if "crash" in r:
+        c = r["crash"]
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.barh(["conch", "etcdctl"], [c["conch"]["p50"], c["etcdctl"]["p50"]])
+        ax.set(
+            xlabel="SIGKILL -> successor starts, p50 (ms)",
+            title=f"Crash failover (--ttl {c['ttl_s']}s)",
+        )
+        save(fig, "crash.png")
+    return names

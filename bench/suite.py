@@ -1,0 +1,148 @@
+"""Which benchmarks run, at which sizes, against which etcd; results as plain data."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import common
+
+SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    handover_reps: int  # one holder, one waiter: hand-overs measured per tool
+    queues: tuple[int, ...]  # waiters queued behind one holder, drained
+    child_hold: float  # seconds each child of a draining queue holds
+    oneshot_reps: int
+    memory_reps: int
+    crash_reps: int
+    crash_ttl: int
+    sema_waiters: int
+    sema_slots: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4)
+
+    @classmethod
+    def tiny(cls) -> Sizes:
+        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2)
+
+
+def _ms(xs: list[float]) -> dict[str, float]:
+    return {k: (v if k == "n" else round(v * 1000, 2)) for k, v in common.summary(xs).items()}
+
+
+def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    from bench import crash, handover, memory, oneshot
+
+    results: dict[str, Any] = {"meta": _meta(sizes)}
+    cluster = common.start_etcd(1)
+    try:
+        endpoints = cluster.endpoints_csv
+        tools = {k: common.Tool(k, endpoints) for k in common.TOOLS}
+        if "handover" in sections:
+            log("handover: one holder, one waiter")
+            gaps: dict[str, list[float]] = {k: [] for k in tools}
+            for _ in range(sizes.handover_reps):
+                for k, tool in tools.items():  # interleaved
+                    gaps[k] += handover.drain(tool, 1, 0.0)
+            results["handover"] = {
+                k: {**_ms(v), "raw_ms": [x * 1000 for x in v]} for k, v in gaps.items()
+            }
+        if "queue" in sections:
+            res: dict[str, dict[int, Any]] = {k: {} for k in tools}
+            for n in sizes.queues:
+                log(f"queue: {n} waiters drain")
+                for k, tool in tools.items():
+                    res[k][n] = _ms(handover.drain(tool, n, sizes.child_hold))
+            results["queue"] = res
+        if "oneshot" in sections:
+            log("one-shot")
+            walls: dict[str, list[float]] = {k: [] for k in tools}
+            floors = {name: [] for name in oneshot.floors()}  # type: dict[str, list[float]]
+            for _ in range(sizes.oneshot_reps):
+                for k, tool in tools.items():
+                    walls[k].append(oneshot.oneshot(tool))
+                for name, cmd in oneshot.floors().items():
+                    floors[name].append(oneshot.wall(cmd))
+            results["oneshot"] = {
+                "tools": {k: _ms(v) for k, v in walls.items()},
+                "floors": {k: _ms(v) for k, v in floors.items()},
+            }
+        if "memory" in sections:
+            log("memory")
+            mem: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
+            for _ in range(sizes.memory_reps):
+                for k, tool in tools.items():
+                    mem[k].append(memory.measure(tool))
+            results["memory"] = {
+                k: {f: round(statistics.median(m[f] for m in v), 1) for f in v[0]}
+                for k, v in mem.items()
+            }
+            results["memory"]["floor"] = {"python + grpc + stubs": round(_import_floor_mb(), 1)}
+        if "crash" in sections:
+            log(f"crash failover (--ttl {sizes.crash_ttl}s)")
+            cr: dict[str, list[float]] = {k: [] for k in tools}
+            for _ in range(sizes.crash_reps):
+                for k in tools:
+                    t = common.Tool(k, endpoints, ttl=sizes.crash_ttl)
+                    cr[k].append(crash.failover(t))
+            results["crash"] = {"ttl_s": sizes.crash_ttl, **{k: _ms(v) for k, v in cr.items()}}
+        if "sema" in sections:
+            log(f"sema --max {sizes.sema_slots}, {sizes.sema_waiters} contenders")
+            from bench import sema
+
+            rel = sema.measure(cluster.endpoints, sizes.sema_waiters, sizes.sema_slots, "/bench/")
+            results["sema"] = {
+                "slots": sizes.sema_slots,
+                "waiters": sizes.sema_waiters,
+                "latency_ms": _ms(rel.latencies),
+                "wakes_mean": statistics.fmean(rel.wakes),
+                "wakes_max": max(rel.wakes),
+                "requests_per_release": rel.requests,
+            }
+    finally:
+        cluster.stop()
+    return results
+
+
+def _import_floor_mb() -> float:
+    import subprocess
+    import sys
+
+    code = (
+        "import grpc, conch._pb.rpc_pb2_grpc;"
+        "print(next(ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmRSS')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout) / 1024
+
+
+def _meta(sizes: Sizes) -> dict[str, Any]:
+    import os
+
+    import conch
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}",
+        "python": platform.python_version(),
+        "conch": conch.__version__,
+        "etcd": common.etcd_version(),
+        "sizes": sizes.__dict__,
+    }

@@ -1,0 +1,30 @@
+"""The benchmarks never rot: `python -m bench --tiny` runs every section once at tiny sizes
+against its own etcd and writes its report. No timing is asserted here (bench/ measures)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_the_tiny_benchmark_run_writes_every_section(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for section in ("handover", "queue", "oneshot", "memory", "crash", "sema"):
+        assert section in results, section
+    for tool in ("conch", "etcdctl"):
+        assert results["handover"][tool]["n"] >= 1
+        assert results["crash"][tool]["n"] == 1
+    report = (out / "README.md").read_text()
+    assert "## Targets" in report and "etcdctl lock" in report
