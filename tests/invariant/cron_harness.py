@@ -758,6 +758,8 @@ class CronHarness:
             "CONCH_ENDPOINTS": ",".join(p.endpoint for p in self.proxies[d]),
             "INV_DAEMON": d,
             "INV_LIFE": str(life),
+            # a daemon that will not stop gets SIGABRT: its threads' stacks go to its stderr
+            "PYTHONFAULTHANDLER": "1",
         }
         if d == self.sc.skew_daemon:
             env.update(shim_env(self.shim_lib, self.clock, base=self.env))
@@ -1142,6 +1144,16 @@ class CronHarness:
             if not any(p.alive() for p in live):
                 break
             time.sleep(SUPERVISE_POLL)
+        for p in live:
+            if p.alive() and p.popen.poll() is None:  # the checker reports it; say where it hung
+                self.notes.append(
+                    f"conchd {p.daemon}#{p.life} did not stop within "
+                    f"{ka + 20.0:g}s of SIGTERM: SIGABRT, stacks in {p.stderr}"
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(5)
 
     def _teardown(self) -> None:
         self._stop_ev.set()
