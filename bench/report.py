@@ -57,6 +57,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
         out.append(
             (f"crash failover p50 < 1 s (--ttl {r['crash']['ttl_s']}s)", c < 1000, f"{c:.0f} ms")
         )
+    if "load" in r:
+        out += load_checks(r["load"])
     return out
 
 
@@ -182,9 +184,59 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
             f"- etcd requests per release (gRPC messages, keepalives excluded): "
             f"{s['requests_per_release']:.1f}",
         ]
+    if "load" in r:
+        md += _load_md(r["load"])
     if plots:
         md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(md) + "\n"
+
+
+def load_checks(load: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(threshold, met, measured) for every load run."""
+    th = load["thresholds"]
+    out = []
+    for key in ("processes", "in-process", "member-kill"):
+        if key not in load:
+            continue
+        run = load[key]
+        bound = th["p95_ms"][run["view"]]
+        rate, p95 = run["success_rate"], run["latency_ms"]["p95"]
+        out.append((f"{key}: success rate >= {th['success_rate'] * 100:.1f} %",
+                    rate >= th["success_rate"], f"{rate * 100:.2f} %"))  # fmt: skip
+        out.append((f"{key}: acquire p95 < {bound:.0f} ms", p95 < bound, f"{p95:.0f} ms"))
+    return out
+
+
+def _load_md(load: dict[str, Any]) -> list[str]:
+    rows = [["run", "clients", "acquisitions", "per s", "success", "p50 ms", "p95 ms",
+             "p99 ms", "etcd requests / acq.", "errors"]]  # fmt: skip
+    for key in ("processes", "in-process", "member-kill"):
+        if key not in load:
+            continue
+        run = load[key]
+        lat = run["latency_ms"]
+        rpa = run["requests_per_acquisition"]
+        errors = ", ".join(f"{k}: {v}" for k, v in run["errors"].items()) or "none"
+        rows.append([key, str(run["clients"]), str(run["acquisitions"]),
+                     f"{run['throughput_per_s']:.1f}", f"{run['success_rate'] * 100:.2f} %",
+                     f"{lat['p50']:.0f}", f"{lat['p95']:.0f}", f"{lat['p99']:.0f}",
+                     "-" if rpa is None else f"{rpa:.1f}", errors])  # fmt: skip
+    first = next(iter(v for k, v in load.items() if k != "thresholds"))
+    md = ["", f"## Load test: sema --max {first['slots']}, {first['duration_s']:.0f} s per run, "
+          "3-member cluster", "",
+          "processes = `conch sema` processes in a loop (the user's view: latency = process "
+          "start -> child start); in-process = threads using conch's own modules, a new lease "
+          "per acquisition (the recipe's and etcd's view: latency = enqueue -> holder).", "",
+          _table(rows), "", _table([["threshold", "result", "measured"]]
+                                   + [[t, "PASS" if ok else "FAIL", v]
+                                      for t, ok, v in load_checks(load)])]  # fmt: skip
+    mk = load.get("member-kill")
+    if mk and mk.get("fault"):
+        rec = mk.get("recovery_s")
+        md += ["", f"Member kill: killed at {mk['fault']['killed_at_s']:.1f} s, restarted at "
+               f"{mk['fault']['restarted_at_s']:.1f} s; throughput back to 80 % of its level "
+               f"{'-' if rec is None else f'{rec:.1f} s'} after the kill."]  # fmt: skip
+    return md
 
 
 def write(r: dict[str, Any], out: Path, plots: bool = True) -> Path:
@@ -257,4 +309,17 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
             title=f"Crash failover (--ttl {c['ttl_s']}s)",
         )
         save(fig, "crash.png")
+    if "load" in r:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for key in ("processes", "in-process", "member-kill"):
+            if key in r["load"]:
+                ps = r["load"][key]["per_second"]
+                ax.plot(range(len(ps)), ps, label=key)
+        mk = r["load"].get("member-kill", {}).get("fault")
+        if mk:
+            ax.axvspan(mk["killed_at_s"], mk["restarted_at_s"], color="red", alpha=0.15,
+                       label="member down")  # fmt: skip
+        ax.set(xlabel="second", ylabel="acquisitions / s", title="Load test throughput")
+        ax.legend()
+        save(fig, "load.png")
     return names

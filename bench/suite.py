@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import common
 
-SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema")
+SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema", "load")
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,17 @@ class Sizes:
     crash_ttl: int
     sema_waiters: int
     sema_slots: int
+    load_clients: int
+    load_slots: int
+    load_seconds: float
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4)
+        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4, 50, 8, 60.0)
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2)
+        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2, 4, 2, 2.0)
 
 
 def _ms(xs: list[float]) -> dict[str, float]:
@@ -110,7 +113,40 @@ def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[s
             }
     finally:
         cluster.stop()
+    if "load" in sections:
+        results["load"] = _load(sizes, log)
     return results
+
+
+# thresholds of the load test (stated in the report, PASS / FAIL each)
+LOAD_SUCCESS = 0.999
+LOAD_P95_MS = {"processes": 10_000.0, "in-process": 1_000.0}
+
+
+def _load(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    from bench import load
+
+    out: dict[str, Any] = {"thresholds": {"success_rate": LOAD_SUCCESS, "p95_ms": LOAD_P95_MS}}
+    cluster = common.start_etcd(3)
+    try:
+        n, m, secs = sizes.load_clients, sizes.load_slots, sizes.load_seconds
+        log(f"load: {n} conch processes, sema --max {m}, {secs:.0f}s, 3 members")
+        tool = common.Tool("conch", cluster.endpoints_csv)
+        out["processes"] = load.processes(tool, "load-p", n, m, secs).report()
+        log(f"load: {n} in-process clients, sema --max {m}, {secs:.0f}s")
+        out["in-process"] = load.in_process(cluster.endpoints, "load-i", n, m, secs).report()
+        victim = cluster.members[-1]
+        log("load: in-process, one member killed in the middle and restarted")
+        res = load.in_process(
+            cluster.endpoints, "load-k", n, m, secs,
+            fault=lambda: cluster.kill_member(victim),
+            heal=lambda: cluster.restart_member(victim),
+        ).report()  # fmt: skip
+        res["recovery_s"] = load.recovery_s(res["per_second"], res["fault"]["killed_at_s"])
+        out["member-kill"] = res
+    finally:
+        cluster.stop()
+    return out
 
 
 def _import_floor_mb() -> float:

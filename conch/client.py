@@ -485,7 +485,8 @@ class Watch:
                 break
         return events
 
-    def cancel(self) -> None:
+    def cancel(self, wait: bool = True) -> None:
+        """End the watch; with `wait`, also wait (bounded) for its stream thread to finish."""
         self._stop.set()
         with self._lock:
             call, reqq = self._call, self._reqq
@@ -495,7 +496,7 @@ class Watch:
             call.cancel()
         self._events.put(_CANCELED)
         self._ready.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
         self._client._forget_watch(self)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from conch.client import Client, Compare, EtcdError, KeyValue, Op, WatchCompacted
+from conch.client import Client, Compare, EtcdError, Event, EventType, KeyValue, Op, WatchCompacted
 from conch.holder import HolderRecord
 from conch.keys import member_key, prefix_range_end
 from conch.ranking import Contender, Decision, decide
@@ -74,6 +74,8 @@ class Contention:
         self._lost = lost
         self._clock = clock
         self.wakeups = 0  # watch events that made this contender re-rank (measured by tests)
+        self._withdrawn = False
+        self._view: list[Contender] = []  # the last listing, as contenders
 
     def enqueue(self) -> int:
         res = self.client.txn(
@@ -93,13 +95,28 @@ class Contention:
 
     def decide(self) -> tuple[Decision, int]:
         listing = list_members(self.client, self.directory)
-        d = decide(
-            [Contender(kv.key, kv.create_revision, kv.version >= 2) for kv in listing.members],
-            self.slots,
-            self.key,
-        )
+        self._view = [
+            Contender(kv.key, kv.create_revision, kv.version >= 2) for kv in listing.members
+        ]
+        d = decide(self._view, self.slots, self.key)
         self.rank = d.rank
         return d, listing.revision
+
+    def _decide_after(self, events: list[Event]) -> Decision:
+        """The decision on the last listing with these watch events applied, without a read.
+
+        Safe to act on when it says `holder`: the contenders ahead of me only ever leave (a
+        newcomer's create revision is higher than mine) and a promotion is never undone, so
+        the real rank is at most this one and a predecessor seen promoted is promoted. The
+        promotion txn that follows re-checks that my own key still exists."""
+        view = {c.key: c for c in self._view}
+        for ev in events:
+            if ev.type is EventType.DELETE:
+                view.pop(ev.kv.key, None)
+            elif ev.kv.key in view and ev.kv.version >= 2:
+                view[ev.kv.key] = Contender(ev.kv.key, view[ev.kv.key].create_revision, True)
+        self._view = list(view.values())
+        return decide(self._view, self.slots, self.key)
 
     def wait(
         self,
@@ -109,11 +126,18 @@ class Contention:
         stop: threading.Event | None = None,
     ) -> Outcome:
         """Wait until this contender holds a slot (HELD), or not (see Outcome)."""
+        woken_by: list[Event] = []
         while True:
             if stop is not None and stop.is_set():
                 return Outcome.STOPPED
             if self._lost():
                 return Outcome.LOST
+            if woken_by:
+                local = self._decide_after(woken_by)
+                woken_by = []
+                if local.holder:
+                    self.rank = local.rank
+                    return Outcome.HELD  # no read needed: see _decide_after
             d, rev = self.decide()
             if not d.present:
                 return Outcome.LOST
@@ -151,12 +175,14 @@ class Contention:
                     try:
                         events = w.get(timeout)
                     except WatchCompacted:
+                        woken_by = []
                         break  # re-list
                     if events:
                         self.wakeups += 1
+                        woken_by = events
                         break
             finally:
-                w.cancel()
+                w.cancel(wait=False)  # its thread ends by itself; the hand-over goes on
 
     def promote(self) -> bool:
         """The promotion put: False if my key is gone (then I must not run anything)."""
@@ -177,14 +203,20 @@ class Contention:
             return None
         return revision
 
+    def withdrawn(self) -> None:
+        """My key is gone another way (its lease was revoked): withdraw is a no-op from now."""
+        self._withdrawn = True
+
     def withdraw(self) -> None:
-        """Guarded delete of my key (a no-op if it is gone or was re-created by someone else)."""
-        if not self.rev:
+        """Guarded delete of my key (a no-op if it is gone or was re-created by someone else,
+        or if it was withdrawn already)."""
+        if not self.rev or self._withdrawn:
             return
         self.client.txn(
             [Compare(self.key, "create", "==", self.rev)],
             [Op("delete", self.key)],
         )
+        self._withdrawn = True
 
 
 def snapshot(client: Client, directory: bytes, slots: int, name: str) -> dict[str, object]:

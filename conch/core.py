@@ -11,6 +11,7 @@ lease loss campaigns again instead of exiting 70.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -53,7 +54,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("conch")
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-TICK = 0.05  # main-loop poll interval while a child runs
+# While a child runs, conch sleeps until something happens: SIGCHLD (the child or the watchdog
+# exited), a forwarded signal, or a loss listener (keepalive, holder-key watch) wakes it at
+# once. This is only the longest sleep between two looks at the lease deadline.
+MAX_SLEEP = 1.0
 
 
 @dataclass
@@ -72,13 +76,49 @@ class RunSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+class Waker:
+    """Wakes the main loop: from other threads (loss listeners) and from signals, whichever
+    thread the kernel delivered them to. A self-pipe that is also the interpreter's signal
+    wakeup fd: a threading.Event would miss a signal that landed on a gRPC or keepalive
+    thread (the main thread's wait is then not interrupted)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        for fd in (self.r, self.w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending anyway
+            os.write(self.w, b"\0")
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until woken or `timeout` passes (the wake-up stays pending until clear)."""
+        import select
+
+        poller = select.poll()
+        poller.register(self.r, select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout) * 1000.0))
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.r, 512):
+                pass
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class Signals:
-    """Catches SIGINT/SIGTERM/SIGHUP for the lifetime of a run; the first one wins."""
+    """Catches SIGINT/SIGTERM/SIGHUP for the lifetime of a run; the first one wins. SIGCHLD
+    only wakes the main loop (a child or the watchdog exited: look now, not on a timer)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.event = threading.Event()
-        self.wake = threading.Event()  # set on any signal; also used by loss listeners
+        self.wake = Waker()  # woken by any signal; also used by loss listeners
         self._old: dict[int, object] = {}
 
     def _handler(self, signum: int, frame: object) -> None:
@@ -87,13 +127,19 @@ class Signals:
         self.event.set()
         self.wake.set()
 
+    def _child_exited(self, signum: int, frame: object) -> None:
+        self.wake.set()
+
     @contextmanager
     def installed(self) -> Iterator[Signals]:
         for s in FORWARDED_SIGNALS:
             self._old[s] = signal.signal(s, self._handler)
+        self._old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._child_exited)
+        old_fd = signal.set_wakeup_fd(self.wake.w, warn_on_full_buffer=False)
         try:
             yield self
         finally:
+            signal.set_wakeup_fd(old_fd)
             for s, h in self._old.items():
                 signal.signal(s, h)  # type: ignore[arg-type]
 
@@ -209,13 +255,24 @@ class HoldResult:
 
 
 def hold(
-    client: Client, session: Session, c: Contention, spec: RunSpec, sig: Signals, rev: int
+    client: Client,
+    session: Session,
+    c: Contention,
+    spec: RunSpec,
+    sig: Signals,
+    rev: int,
+    release: Callable[[], None] | None = None,
 ) -> HoldResult:
     """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
+
+    `release`, if given, is called as soon as the group is dead after the child exited or a
+    signal ended it (not after a loss), before anything else is cleaned up: the successor's
+    wait is then as short as it can be.
 
     The watchdog is started before the child (a failure to start it means nothing ran) and
     armed right after the spawn; if arming fails, the child is killed before the slot is
     given up. Raises ConchError when the child or its watchdog cannot be started."""
+    from conch.revoke import document
     from conch.supervisor import Child
     from conch.watchdog import Watchdog
 
@@ -227,6 +284,7 @@ def hold(
         CONCH_TTL=str(session.granted_ttl),
         **spec.extra_env,
     )
+    revoke_doc = document(client.config, session.lease_id)
     kw = KeyWatch(client, c, session, rev + 1)
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
@@ -244,7 +302,8 @@ def hold(
             wd.disarm()
             raise
         try:
-            wd.arm(child.pgid, spec.kill_after, session.deadline())
+            # if conch dies, the watchdog kills the group and then revokes the lease
+            wd.arm(child.pgid, spec.kill_after, session.deadline(), revoke=revoke_doc)
         except OSError as e:
             child.terminate_group(spec.kill_after)  # never leave a child unwatched
             wd.disarm()
@@ -255,7 +314,7 @@ def hold(
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
         try:
-            return _supervise(child, wd, session, spec, sig, started)
+            return _supervise(child, wd, session, spec, sig, started, release)
         finally:
             unrenew()
             wd.disarm()
@@ -265,14 +324,22 @@ def hold(
 
 
 def _supervise(
-    child: Child, wd: Watchdog, session: Session, spec: RunSpec, sig: Signals, started: float
+    child: Child,
+    wd: Watchdog,
+    session: Session,
+    spec: RunSpec,
+    sig: Signals,
+    started: float,
+    release: Callable[[], None] | None,
 ) -> HoldResult:
     """The main loop while the child runs: a signal, a lost or unconfirmed lease, a dead
     watchdog, or the child's exit ends it."""
+    released = release or (lambda: None)
     while True:
         if sig.received is not None:
             s = sig.received
             child.terminate_group(spec.kill_after, sig=s)
+            released()
             return HoldResult(Ending.SIGNAL, signal_exit_code(s), time.monotonic() - started)
         reason = ""
         if not session.is_trusted():
@@ -293,15 +360,18 @@ def _supervise(
             ran = time.monotonic() - started
             trusted = session.is_trusted() and not wd.fired()
             child.reap_group(spec.kill_after)
-            wd.disarm()
             if not trusted:
+                wd.disarm()
                 reason = session.loss_reason or "lease could not be confirmed in time"
                 session.mark_lost(reason)
                 return HoldResult(Ending.LOST, EXIT_LEASE_LOST, ran, reason)
+            released()  # the group is dead: the successor may start now
+            wd.disarm()
             if sig.received is not None:  # arrived during the reap: conch exits 128+S
                 return HoldResult(Ending.SIGNAL, signal_exit_code(sig.received), ran)
             return HoldResult(Ending.EXITED, child_exit_code(rc), ran)
-        sig.wake.wait(TICK)
+        left = session.deadline() - session.clock()
+        sig.wake.wait(min(MAX_SLEEP, max(0.0, left)))
         sig.wake.clear()
 
 
@@ -374,8 +444,11 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         campaign_backoff.reset()
         # -- hold ---------------------------------------------------------------------------
         while True:
+            # a one-shot resigns the moment its group is dead (the successor starts sooner);
+            # a --restart service keeps the slot across child exits
+            release = None if spec.restart else lambda c=c, session=session: _withdraw(c, session)
             try:
-                res = hold(client, session, c, spec, sig, rev)
+                res = hold(client, session, c, spec, sig, rev, release)
             except BaseException:
                 unwake()
                 _withdraw(c, session)  # e.g. the command cannot be run: leave no key behind
@@ -456,9 +529,12 @@ def _revoke_stale(client: Client, stale: list[int]) -> None:
 
 
 def _withdraw(c: Contention, session: Session) -> None:
-    """Resign: guarded delete of my key, then revoke the lease (best effort, bounded)."""
+    """Resign: revoke the lease, which deletes my key with it (one round trip); if that
+    fails, a guarded delete of the key (best effort, bounded: else the lease expires)."""
+    if session.close(revoke=True):
+        c.withdrawn()
+        return
     try:
         c.withdraw()
     except EtcdError as e:
-        log.debug("withdraw failed: %s (the lease revoke / expiry removes the key)", e)
-    session.close(revoke=True)
+        log.debug("withdraw failed: %s (the lease expiry removes the key)", e)

@@ -78,6 +78,7 @@ class Session:
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[float], None]] = []
         self._loss_listeners: list[Callable[[str], None]] = []
+        self._revoked = False
 
     # -- public -------------------------------------------------------------------------
     def open(self) -> Session:
@@ -129,17 +130,20 @@ class Session:
 
     def close(self, revoke: bool = True) -> bool:
         """Stop keeping the lease alive; revoke it (deleting every key attached) if asked.
-        Returns False if the revoke could not be done (the lease will expire by itself)."""
+        Returns False if the revoke could not be done (the lease will expire by itself).
+        Idempotent: a lease revoked once is not revoked again."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        if revoke and self.lease_id:
-            try:
+        revoked = True
+        if revoke and self.lease_id and not self._revoked:
+            try:  # first: a keepalive in flight meanwhile only learns that the lease is gone
                 self.client.lease_revoke(self.lease_id, timeout=2.0)
+                self._revoked = True
             except EtcdError as e:
                 log.debug("revoke of lease %x failed: %s (it will expire)", self.lease_id, e)
-                return False
-        return True
+                revoked = False
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        return revoked
 
     # -- keepalive loop -----------------------------------------------------------------
     def _run(self) -> None:

@@ -87,6 +87,36 @@ def clock() -> float:
 # Polling interval while waiting for a signalled group to empty.
 _GROUP_POLL = 0.02
 
+# After the final SIGKILL: how long the group may take to vanish before the lease is revoked
+# (a group that is still there then keeps the lease until it expires).
+_REVOKE_AFTER_KILL = 5.0
+# Upper bound on the revoking process (its own etcd timeouts are shorter).
+_REVOKE_TIMEOUT = 30.0
+
+
+def revoke_lease(config: str) -> bool:
+    """Run `python -m conch.revoke` with `config` (JSON) on its stdin, bounded; True if it
+    revoked the lease. The watchdog stays stdlib-only: the gRPC client lives in that process."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "conch.revoke"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+    except OSError:
+        return False
+    try:
+        proc.communicate(config.encode(), timeout=_REVOKE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+        return False
+    return proc.returncode == 0
+
 
 # --- process-group helpers (also used by conch.supervisor) -------------------------------------
 
@@ -216,12 +246,18 @@ class _State:
         self.kill_after = 0.0
         self.deadline = math.inf
         self.disarmed = False
+        # what conch.revoke needs to revoke the holder's lease (a JSON document, passed on
+        # as it came: the watchdog neither parses nor logs it; it may hold a password)
+        self.revoke: str | None = None
 
     @property
     def armed(self) -> bool:
         return self.pgid is not None and not self.disarmed
 
     def feed(self, line: str) -> None:
+        if line.startswith("revoke "):
+            self.revoke = line[len("revoke ") :]
+            return
         parts = line.split()
         if not parts:
             return
@@ -265,6 +301,8 @@ def _run(stdin_fd: int = 0) -> int:
         with contextlib.suppress(OSError):
             os.write(1, b"fired\n")
         kill_group(state.pgid, state.kill_after)
+        if state.revoke is not None and wait_group_gone(state.pgid, _REVOKE_AFTER_KILL):
+            revoke_lease(state.revoke)  # the group is dead: the successor need not wait
         return EXIT_FIRED
 
     while True:
@@ -312,6 +350,11 @@ def main() -> int:
 # --- the client conch uses ----------------------------------------------------------------------
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 class Watchdog:
     """conch's handle on its watchdog process. Thread-safe; `update` and `disarm` never raise."""
 
@@ -343,8 +386,12 @@ class Watchdog:
 
         if not sys.executable:
             raise OSError("no Python interpreter (sys.executable) to run the watchdog")
+        # it needs nothing from the environment; the etcd password, if conch got it there,
+        # must not sit in one more process's environ (the revoke settings come on the pipe)
+        env = {k: v for k, v in os.environ.items() if k != "CONCH_PASSWORD"}
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -353,14 +400,21 @@ class Watchdog:
         )
         return cls(proc)
 
-    def arm(self, pgid: int, kill_after: float, deadline: float) -> None:
-        """Watch process group `pgid` from now on. Raises OSError if the watchdog is gone (the
-        caller must then kill the group itself: an unwatched child must not run)."""
+    def arm(self, pgid: int, kill_after: float, deadline: float, revoke: str | None = None) -> None:
+        """Watch process group `pgid` from now on. `revoke`: a one-line JSON document for
+        conch.revoke — once the watchdog has killed the group and seen it gone, it revokes
+        that lease, so a successor need not wait for it to expire. Raises OSError if the
+        watchdog is gone (the caller must then kill the group itself: an unwatched child must
+        not run)."""
         if pgid <= 1 or pgid == os.getpgrp():
             raise ValueError(f"refusing to watch process group {pgid}")
         with self._lock:
             if self._stdin is None:
                 raise OSError("the watchdog was disarmed")
+            if revoke is not None:
+                if "\n" in revoke:
+                    raise ValueError("the revoke document must be one line")
+                _write_all(self._fd, f"revoke {revoke}\n".encode())
             os.write(self._fd, f"arm {pgid} {float(kill_after)!r} {float(deadline)!r}\n".encode())
             # From now on a write must never block conch's keepalive thread (a stopped watchdog
             # with a full pipe): a line is < PIPE_BUF, so it is written whole or not at all.

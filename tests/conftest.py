@@ -116,10 +116,10 @@ class Conch:
         self.procs.append(p)
         return p
 
-    def who(self, *args: str) -> dict:  # type: ignore[type-arg]
+    def who(self, *args: str, env: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
         import json
 
-        r = self.run(*args, "--who", "--json")
+        r = self.run(*args, "--who", "--json", env=env)
         assert r.returncode in (0, 1), r.stderr
         return json.loads(r.stdout)
 

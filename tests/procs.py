@@ -54,3 +54,9 @@ def stop_gracefully(procs: Iterable[subprocess.Popen[Any]], grace: float = 5.0) 
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             p.wait(10)
+
+
+def watchdog_of(conch_pid: int) -> int:
+    """The pid of conch's watchdog process (a child of conch running watchdog.py), or 0."""
+    found = children_running(conch_pid, b"watchdog.py")
+    return found[0] if found else 0

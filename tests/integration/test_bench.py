@@ -21,7 +21,7 @@ def test_the_tiny_benchmark_run_writes_every_section(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    for section in ("handover", "queue", "oneshot", "memory", "crash", "sema"):
+    for section in ("handover", "queue", "oneshot", "memory", "crash", "sema", "load"):
         assert section in results, section
     for tool in ("conch", "etcdctl"):
         assert results["handover"][tool]["n"] >= 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import pid_gone, wait_for
-from procs import read
+from procs import read, watchdog_of
 
 from conch.localetcd import LocalCluster
 
@@ -309,6 +309,30 @@ def test_password_never_in_output(conch, auth_etcd, tmp_path):
     assert right not in p.stderr.read()
 
 
+def test_the_watchdog_revokes_with_the_holders_credentials_and_never_shows_them(
+    conch, auth_etcd, tmp_path
+):
+    env = {"CONCH_ENDPOINTS": auth_etcd.endpoints_csv, "CONCH_PASSWORD": "right-Pa55"}
+    started = tmp_path / "started"
+    child = [SH, "-c", f'echo "$CONCH_REV" >> {started}; exec sleep 600']
+    args = ("--user", "root", "elect", "authcrash", "--ttl", "10s", "--", *child)
+    holder = conch.start(*args, env=env)
+    wait_for(lambda: started.exists() and len(read(started).split()) == 1, what="holder's child")
+    wd = watchdog_of(holder.pid)
+    for part in ("cmdline", "environ"):  # the settings reach the watchdog on a pipe
+        assert b"right-Pa55" not in Path(f"/proc/{wd}/{part}").read_bytes()
+    waiter = conch.start(*args, env=env)
+    wait_for(lambda: conch.who("elect", "authcrash", "--user", "root", env=env)["waiting"] == 1,
+             what="waiter queued")  # fmt: skip
+    t0 = time.monotonic()
+    holder.kill()
+    holder.wait(10)
+    wait_for(lambda: len(read(started).split()) == 2, timeout=9.0, what="successor's child")
+    assert time.monotonic() - t0 < 5.0
+    waiter.terminate()
+    assert waiter.wait(20) == 143
+
+
 def test_version_and_env_endpoints(conch, etcd):
     r = conch.run("--version")
     assert r.returncode == 0 and r.stdout.startswith("conch ")
@@ -333,3 +357,50 @@ def test_global_options_after_subcommand(conch, etcd, prefix):
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
+
+
+def test_after_sigkill_of_the_holders_conch_the_successor_starts_well_before_the_ttl(
+    conch, tmp_path
+):
+    # issue 8: the watchdog kills the group, sees it gone, and revokes the lease itself
+    started = tmp_path / "started"
+    child = [SH, "-c", f'echo "$CONCH_REV" >> {started}; exec sleep 600']
+    holder = conch.start("elect", "crashy", "--ttl", "10s", "--", *child)
+    wait_for(lambda: started.exists() and len(read(started).split()) == 1, what="holder's child")
+    waiter = conch.start("elect", "crashy", "--ttl", "10s", "--", *child)
+    wait_for(lambda: conch.who("elect", "crashy")["waiting"] == 1, what="waiter queued")
+    t0 = time.monotonic()
+    holder.kill()
+    holder.wait(10)
+    wait_for(lambda: len(read(started).split()) == 2, timeout=9.0, what="successor's child")
+    took = time.monotonic() - t0
+    assert took < 5.0, f"successor started {took:.1f}s after the crash (TTL 10s)"
+    first, second = (int(x) for x in read(started).split())
+    assert second > first
+    waiter.terminate()
+    assert waiter.wait(20) == 128 + signal.SIGTERM
+
+
+def test_a_holder_whose_revoke_cannot_be_made_keeps_the_slot_until_the_lease_expires(
+    conch, tmp_path, etcd_proxy
+):
+    # the watchdog's revoke goes where conch went: through the proxy; with that hung, the
+    # successor (which talks to etcd directly) waits for the lease to expire, as before
+    started = tmp_path / "started"
+    child = [SH, "-c", f'echo "$CONCH_REV" >> {started}; exec sleep 600']
+    holder = conch.start("elect", "norevoke", "--ttl", "4s", "--dial-timeout", "1s", "--",
+                         *child, env={"CONCH_ENDPOINTS": etcd_proxy.endpoint})  # fmt: skip
+    wait_for(lambda: started.exists() and len(read(started).split()) == 1, what="holder's child")
+    wd = watchdog_of(holder.pid)
+    waiter = conch.start("elect", "norevoke", "--ttl", "4s", "--", *child)
+    wait_for(lambda: conch.who("elect", "norevoke")["waiting"] == 1, what="waiter queued")
+    etcd_proxy.hang()
+    t0 = time.monotonic()
+    holder.kill()
+    holder.wait(10)
+    wait_for(lambda: pid_gone(wd), timeout=10, what="the watchdog gave up the revoke and exited")
+    wait_for(lambda: len(read(started).split()) == 2, timeout=10, what="successor's child")
+    # the lease expired: at least TTL minus the keepalive interval (TTL/3) after the crash
+    assert time.monotonic() - t0 >= 4.0 * 2 / 3 - 0.2
+    waiter.terminate()
+    assert waiter.wait(20) == 128 + signal.SIGTERM

@@ -10,15 +10,9 @@ from pathlib import Path
 
 from conftest import pid_gone, wait_for
 from faults.shim import shim_env
-from procs import children_running, read
+from procs import read, watchdog_of
 
 SH = "/bin/sh"
-
-
-def watchdog_of(conch_pid: int) -> int:
-    """The pid of conch's watchdog process (a child of conch running watchdog.py), or 0."""
-    found = children_running(conch_pid, b"watchdog.py")
-    return found[0] if found else 0
 
 
 def test_a_watchdog_that_dies_while_the_child_runs_ends_the_hold_as_a_loss(conch, tmp_path):
