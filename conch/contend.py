@@ -70,6 +70,9 @@ class Contention:
         self.record = record
         self.rev = 0
         self.promoted_rev = 0  # revision of the promotion put
+        # a revision at which this wait saw my key alive (a listing, or a watch whose range
+        # covers my key): 0 if the last wait cannot vouch for it (then promote before running)
+        self.proven_rev = 0
         self.rank = -1
         self._lost = lost
         self._clock = clock
@@ -127,21 +130,26 @@ class Contention:
     ) -> Outcome:
         """Wait until this contender holds a slot (HELD), or not (see Outcome)."""
         woken_by: list[Event] = []
+        self.proven_rev = 0
+        watching_my_key = False
         while True:
             if stop is not None and stop.is_set():
                 return Outcome.STOPPED
             if self._lost():
                 return Outcome.LOST
             if woken_by:
-                local = self._decide_after(woken_by)
-                woken_by = []
+                local_events, woken_by = woken_by, []
+                local = self._decide_after(local_events)
                 if local.holder:
                     self.rank = local.rank
+                    if watching_my_key:  # every delete up to the last event was seen
+                        self.proven_rev = max(ev.kv.mod_revision for ev in local_events)
                     return Outcome.HELD  # no read needed: see _decide_after
             d, rev = self.decide()
             if not d.present:
                 return Outcome.LOST
             if d.holder:
+                self.proven_rev = rev  # the listing saw my key at this revision
                 return Outcome.HELD
             if nonblock:
                 if d.rank >= self.slots:
@@ -153,6 +161,7 @@ class Contention:
                 deadline = grace if deadline is None else min(deadline, grace)
             if deadline is not None and self._clock() >= deadline:
                 return Outcome.TIMEOUT
+            watching_my_key = d.watch_dir_deletes  # the directory's range holds my key
             if d.watch_dir_deletes:
                 w = self.client.watch(
                     self.directory, self.range_end, start_revision=rev + 1, no_put=True
@@ -183,6 +192,10 @@ class Contention:
                         break
             finally:
                 w.cancel(wait=False)  # its thread ends by itself; the hand-over goes on
+
+    @property
+    def promoted(self) -> bool:
+        return self.promoted_rev != 0
 
     def promote(self) -> bool:
         """The promotion put: False if my key is gone (then I must not run anything)."""

@@ -285,7 +285,7 @@ def hold(
         **spec.extra_env,
     )
     revoke_doc = document(client.config, session.lease_id)
-    kw = KeyWatch(client, c, session, rev + 1)
+    kw: KeyWatch | None = None
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
         if not session.is_trusted():
@@ -313,6 +313,11 @@ def hold(
             ) from e
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
+        # started after the child (off the hand-over's path), it misses nothing: it watches
+        # from the revision at which the key was last seen alive
+        kw = KeyWatch(client, c, session, rev + 1)
+        if not c.promoted:
+            _promote_late(c, session)
         try:
             return _supervise(child, wd, session, spec, sig, started, release)
         finally:
@@ -320,7 +325,8 @@ def hold(
             wd.disarm()
     finally:
         unhook()
-        kw.stop()
+        if kw is not None:
+            kw.stop()
 
 
 def _supervise(
@@ -373,6 +379,17 @@ def _supervise(
         left = session.deadline() - session.clock()
         sig.wake.wait(min(MAX_SLEEP, max(0.0, left)))
         sig.wake.clear()
+
+
+def _promote_late(c: Contention, session: Session) -> None:
+    """The promotion put of a holder whose wait already saw its key alive: it wakes the next
+    waiter and restamps the holder record. A key found gone now is a loss (the child is
+    killed, exit 70); an etcd error leaves the next waiter to wake when this one resigns."""
+    try:
+        if not c.promote():
+            session.mark_lost("holder key was deleted")
+    except EtcdError as e:
+        log.debug("promotion put failed: %s (the next waiter wakes when this one resigns)", e)
 
 
 def _oserror(e: OSError) -> str:
@@ -511,6 +528,10 @@ def _acquire(
     outcome = c.wait(nonblock=spec.nonblock, deadline=deadline, stop=sig.event)
     if outcome is not Outcome.HELD:
         return outcome, 0
+    if c.proven_rev:
+        # the wait itself saw my key alive at proven_rev (etcd #11456 is ruled out): the
+        # promotion put follows the spawn, off the hand-over's path (hold)
+        return Outcome.HELD, c.proven_rev
     if not c.promote():  # my key vanished while I waited: never run on a stale view
         return Outcome.LOST, 0
     return Outcome.HELD, c.promoted_rev
