@@ -54,3 +54,36 @@ def failover(tool: Tool) -> float:
             for p in (waiter, holder):
                 if p is not None:
                     stop_group(p)
+
+
+def ghost(tool: Tool) -> float:
+    """A waiter SIGKILLed while queued, then the holder ends: seconds from the holder's child's
+    end to the start of the waiter queued behind the dead one (its key holds the slot until
+    its lease expires)."""
+    name = f"ghost-{tool.kind}-{next(_names)}"
+    env = quiet_env()
+    with tempfile.TemporaryDirectory(prefix="conch-bench-") as tmp:
+        log, gate = Path(tmp, "log"), Path(tmp, "gate")
+        gate.touch()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            first = subprocess.Popen(tool.command(name, stamped_child(log, 0, gate)), env=env,
+                                     start_new_session=True)  # fmt: skip
+            procs.append(first)
+            poll(lambda: log.exists(), 30, "the holder's child")
+            prefix = tool.prefix(name)
+            for n in (2, 3):  # the ghost-to-be, then the one behind it
+                procs.append(subprocess.Popen(tool.command(name, stamped_child(log, 0)),
+                                              env=env, start_new_session=True))  # fmt: skip
+                poll(lambda n=n: count_keys(tool.endpoints, prefix) == n, 30, "a waiter")
+            procs[1].kill()  # the ghost: its key stays until its lease expires
+            procs[1].wait()
+            gate.unlink()
+            poll(lambda: sum(k == "s" for k, _ in read_stamps(log)) >= 2, tool.ttl * 3,
+                 "the waiter behind the ghost", every=0.005)  # fmt: skip
+            stamps = read_stamps(log)
+            end = next(ts for k, ts in stamps if k == "e")
+            return max(ts for k, ts in stamps if k == "s") - end
+        finally:
+            for p in procs:
+                stop_group(p)

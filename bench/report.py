@@ -62,6 +62,50 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _why_missed(r: dict[str, Any]) -> list[str]:
+    """For each target missed: by how much, why, and what would close it (from this run)."""
+    out: list[str] = []
+    if "oneshot" in r:
+        o = r["oneshot"]
+        e = o["tools"]["etcdctl"]["p50"]
+        c = o["tools"]["conch"]["p50"]
+        floor = o["floors"]["python + grpc + stubs"]["p50"]
+        if c > 2.5 * e:
+            out.append(
+                f"- **one-shot**: conch {c:.0f} ms is {c / e:.1f}x `etcdctl lock` ({e:.0f} ms); "
+                f"the target is 2.5x ({2.5 * e:.0f} ms). Starting Python and importing grpc "
+                f"and the generated stubs alone takes {floor:.0f} ms ({floor / e:.1f}x), before "
+                "conch does anything: grpc imports asyncio and its Cython core, protobuf builds "
+                "the descriptors of the stubs. What would close it: a transport that imports "
+                "in a few ms (a small HTTP/2 client of conch's own), or a long-lived local "
+                "helper the one-shot hands its work to; neither is worth its risk yet."
+            )
+    if "memory" in r:
+        w = r["memory"]["conch"]["waiter"]
+        floor = r["memory"]["floor"]["python + grpc + stubs"]
+        if w > floor + 5:
+            out.append(
+                f"- **waiter memory**: {w:.1f} MB, {w - floor:.1f} MB over the floor of Python "
+                f"+ grpc + stubs ({floor:.1f} MB); the target is 5 MB. The rest is click "
+                "(~4 MB with its imports) and the live channel and threads (~3 MB). What would "
+                "close it: argument parsing without click for the elect/sema hot path."
+            )
+    if "handover" in r:
+        c, e = r["handover"]["conch"]["p50"], r["handover"]["etcdctl"]["p50"]
+        if c > e:
+            out.append(
+                f"- **hand-over**: conch {c:.1f} ms vs {e:.1f} ms. Both pay one etcd round trip "
+                "(the release) and the child's exec; conch also pays, on the successor's side, "
+                "the start of its watchdog process (it must exist before the child) and a few "
+                "ms of Python between the watch event and the exec, on 2 cores shared with the "
+                "exiting holder. What would close it: a watchdog started while the waiter is "
+                "the head of the queue, so only the exec remains."
+            )
+    return (
+        ["", "### Targets missed: by how much, why, what would close it", "", *out] if out else []
+    )
+
+
 def _table(rows: list[list[str]]) -> str:
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -87,6 +131,7 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
             [["target", "result", "measured"]] + [[t, _verdict(ok), v] for t, ok, v in targets(r)]
         ),
     ]
+    md += _why_missed(r)
     if "handover" in r:
         h = r["handover"]
         md += [
@@ -171,6 +216,16 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
                 ]
             ),
         ]
+    if "ghost" in r:
+        g = r["ghost"]
+        md += ["", f"## A waiter SIGKILLed while queued (--ttl {g['ttl_s']}s): holder's child "
+               "ends -> the next live waiter's child starts (ms)", "",
+               "The dead waiter's key keeps its place until its lease expires; nothing on its "
+               "host is left to revoke it (a waiter has no watchdog). Documented in "
+               "docs/guarantees.md.", "",
+               _table([["tool", "n", "p50", "max"]]
+                      + [[k, str(g[k]["n"]), f"{g[k]['p50']:.0f}", f"{g[k]['max']:.0f}"]
+                         for k in ("conch", "etcdctl")])]  # fmt: skip
     if "sema" in r:
         s = r["sema"]
         md += [

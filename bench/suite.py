@@ -98,6 +98,12 @@ def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[s
                     t = common.Tool(k, endpoints, ttl=sizes.crash_ttl)
                     cr[k].append(crash.failover(t))
             results["crash"] = {"ttl_s": sizes.crash_ttl, **{k: _ms(v) for k, v in cr.items()}}
+            log(f"ghost waiter (--ttl {sizes.crash_ttl}s)")
+            gh: dict[str, list[float]] = {k: [] for k in tools}
+            for _ in range(max(1, sizes.crash_reps // 2)):
+                for k in tools:
+                    gh[k].append(crash.ghost(common.Tool(k, endpoints, ttl=sizes.crash_ttl)))
+            results["ghost"] = {"ttl_s": sizes.crash_ttl, **{k: _ms(v) for k, v in gh.items()}}
         if "sema" in sections:
             log(f"sema --max {sizes.sema_slots}, {sizes.sema_waiters} contenders")
             from bench import sema
