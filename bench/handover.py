@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import Tool, count_keys, handovers, poll, quiet_env, read_stamps, stamped_child
+from bench.common import Tool, handovers, poll, quiet_env, read_stamps, stamped_child, start_queued
 
 _names = itertools.count()
 
@@ -33,18 +33,8 @@ def drain(tool: Tool, waiters: int, hold: float, slots: int = 1) -> list[float]:
         try:
             poll(lambda: log.exists(), 30, "the first holder's child")
             prefix = tool.prefix(name, slots)
-            for _ in range(waiters):
-                procs.append(
-                    subprocess.Popen(
-                        tool.command(name, rest, slots), env=env, stdout=subprocess.DEVNULL
-                    )
-                )
-            poll(
-                lambda: count_keys(tool.endpoints, prefix) >= waiters + 1,
-                60 + waiters * 0.5,
-                f"{waiters} waiters to queue",
-                every=0.1,
-            )
+            cmds = [tool.command(name, rest, slots) for _ in range(waiters)]
+            start_queued(tool, cmds, 1, env, prefix, procs)
             gate.unlink()
             for p in procs:
                 p.wait(timeout=60 + waiters * (hold + 1))

@@ -101,6 +101,21 @@ def _why_missed(r: dict[str, Any]) -> list[str]:
                 "exiting holder. What would close it: a watchdog started while the waiter is "
                 "the head of the queue, so only the exec remains."
             )
+    if "queue" in r:
+        q = r["queue"]["conch"]
+        lo, hi = min(q, key=int), max(q, key=int)
+        if q[hi]["p50"] > 1.2 * q[lo]["p50"]:
+            out.append(
+                f"- **flat queue**: p50 {q[hi]['p50']:.1f} ms with {hi} waiters vs "
+                f"{q[lo]['p50']:.1f} ms with {lo}. The recipe itself is flat (a release wakes "
+                "2 waiters, see the sema section); the machine is not: an idle waiting conch "
+                "uses ~0.8 % of a core (measured: 20 waiters over 10 s), so 200 of them take "
+                "most of these 2 cores. Most of it is wake-ups, not work: grpc's Python "
+                "stream readers (the watch, the keepalive stream) and conch's own wait loop "
+                "each wake every 100 ms. What would close it: waits that sleep until an "
+                "event (the signal wake-up fd conch's hold loop already uses, for the wait "
+                "too) and stream readers that do not poll."
+            )
     return (
         ["", "### Targets missed: by how much, why, what would close it", "", *out] if out else []
     )
@@ -280,8 +295,10 @@ def _load_md(load: dict[str, Any]) -> list[str]:
     md = ["", f"## Load test: sema --max {first['slots']}, {first['duration_s']:.0f} s per run, "
           "3-member cluster", "",
           "processes = `conch sema` processes in a loop (the user's view: latency = process "
-          "start -> child start); in-process = threads using conch's own modules, a new lease "
-          "per acquisition (the recipe's and etcd's view: latency = enqueue -> holder).", "",
+          "start -> child start; fewer clients, as each process costs ~0.25 s of CPU and 50 "
+          "at once on 2 cores measure the CPU starvation, past conch's dial timeout); "
+          "in-process = threads using conch's own modules, a new lease per acquisition "
+          "(the recipe's and etcd's view: latency = enqueue -> holder).", "",
           _table(rows), "", _table([["threshold", "result", "measured"]]
                                    + [[t, "PASS" if ok else "FAIL", v]
                                       for t, ok, v in load_checks(load)])]  # fmt: skip

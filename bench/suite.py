@@ -25,17 +25,18 @@ class Sizes:
     crash_ttl: int
     sema_waiters: int
     sema_slots: int
-    load_clients: int
+    load_clients: int  # in-process contenders
+    load_process_clients: int  # concurrent conch processes (each costs ~0.25 s of CPU)
     load_slots: int
     load_seconds: float
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4, 50, 8, 60.0)
+        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4, 50, 16, 8, 60.0)
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2, 4, 2, 2.0)
+        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2, 4, 2, 2, 2.0)
 
 
 def _ms(xs: list[float]) -> dict[str, float]:
@@ -136,9 +137,10 @@ def _load(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     cluster = common.start_etcd(3)
     try:
         n, m, secs = sizes.load_clients, sizes.load_slots, sizes.load_seconds
-        log(f"load: {n} conch processes, sema --max {m}, {secs:.0f}s, 3 members")
+        np = sizes.load_process_clients
+        log(f"load: {np} conch processes, sema --max {m}, {secs:.0f}s, 3 members")
         tool = common.Tool("conch", cluster.endpoints_csv)
-        out["processes"] = load.processes(tool, "load-p", n, m, secs).report()
+        out["processes"] = load.processes(tool, "load-p", np, m, secs).report()
         log(f"load: {n} in-process clients, sema --max {m}, {secs:.0f}s")
         out["in-process"] = load.in_process(cluster.endpoints, "load-i", n, m, secs).report()
         victim = cluster.members[-1]
