@@ -464,12 +464,33 @@ class Heartbeat(threading.Thread):
         self._waiting_for: set[str] = set()
         self._heard = False
         self._heard_any = False
+        # my own heartbeats coming back through my watch: since when without a gap, and the
+        # last one (a watch that delivers my beats would have delivered a live peer's too)
+        self._echo_since: float | None = None
+        self._last_echo = -math.inf
+        self._settled = False
         self._lock = threading.Lock()
         self._base = time.time() - time.monotonic()  # this host's wall clock - steady clock
 
     def settled(self) -> bool:
-        """True once this daemon knows how its clock compares with its peers'."""
-        return time.monotonic() >= self._settle_at
+        """True once this daemon knows how its clock compares with its peers': it has heard
+        every peer listed at its start, or its settle time has passed while its watch was
+        working (its own beats came back through it for SETTLE: a live peer's would have
+        too) — not while it heard nothing because etcd did not answer. Once true, stays."""
+        now = time.monotonic()
+        with self._lock:
+            if self._settled:
+                return True
+            if now < self._settle_at:
+                return False
+            heard_all = self._heard and not self._waiting_for
+            watched = (
+                self._echo_since is not None
+                and now - self._echo_since >= SETTLE
+                and now - self._last_echo <= SETTLE
+            )
+            self._settled = heard_all or watched
+            return self._settled
 
     def correction(self) -> float:
         """Seconds to add to this host's wall clock to get the group's (0 within THRESHOLD).
@@ -554,7 +575,14 @@ class Heartbeat(threading.Thread):
     def _observe(self, events: list[Any]) -> None:
         now_m = time.monotonic()
         for ev in events:
-            if ev.kv.key == self._key or ev.type is EventType.DELETE:
+            if ev.kv.key == self._key:
+                if ev.type is EventType.PUT:
+                    with self._lock:
+                        if self._echo_since is None or now_m - self._last_echo > SETTLE:
+                            self._echo_since = now_m  # a gap: the watch was not working
+                        self._last_echo = now_m
+                continue
+            if ev.type is EventType.DELETE:
                 continue  # a peer gone quiet: its last offsets age out (clockskew.SAMPLE_AGE)
             try:
                 peer = keys.decode_name(ev.kv.key[len(self._dir) :].decode("ascii"))
