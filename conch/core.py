@@ -105,11 +105,6 @@ class Waker:
             while os.read(self.r, 512):
                 pass
 
-    def close(self) -> None:
-        for fd in (self.r, self.w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
 
 class Signals:
     """Catches SIGINT/SIGTERM/SIGHUP for the lifetime of a run; the first one wins. SIGCHLD
@@ -284,7 +279,6 @@ def hold(
         CONCH_TTL=str(session.granted_ttl),
         **spec.extra_env,
     )
-    revoke_doc = document(client.config, session.lease_id)
     kw: KeyWatch | None = None
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
@@ -303,7 +297,8 @@ def hold(
             raise
         try:
             # if conch dies, the watchdog kills the group and then revokes the lease
-            wd.arm(child.pgid, spec.kill_after, session.deadline(), revoke=revoke_doc)
+            revoke = document(client.config, session.lease_id)
+            wd.arm(child.pgid, spec.kill_after, session.deadline(), revoke=revoke)
         except OSError as e:
             child.terminate_group(spec.kill_after)  # never leave a child unwatched
             wd.disarm()

@@ -15,19 +15,26 @@ from procs import read, watchdog_of
 SH = "/bin/sh"
 
 
+def _signal_the_watchdog_of_a_holder(conch, tmp_path, name, kill_after, body, sig):  # type: ignore[no-untyped-def]
+    """Start `conch elect NAME` whose child runs `body` (it must touch $READY when ready), send
+    `sig` to its watchdog; conch must exit 70 with the child dead. Returns the conch process."""
+    ready, child_pid = tmp_path / "ready", tmp_path / "child_pid"
+    p = conch.start("elect", name, "--kill-after", kill_after, "--", SH, "-c",
+                    f"echo $$ > {child_pid}; " + body.replace("$READY", str(ready)))  # fmt: skip
+    wait_for(ready.exists, what="child ready")
+    wd = wait_for(lambda: watchdog_of(p.pid), what="the watchdog process")
+    os.kill(wd, sig)
+    assert p.wait(20) == 70
+    assert pid_gone(int(read(child_pid)))
+    return p
+
+
 def test_a_watchdog_that_dies_while_the_child_runs_ends_the_hold_as_a_loss(conch, tmp_path):
     """Without its watchdog a child would outlive a conch that dies or pauses: conch notices
     the watchdog's death, kills the child's group and exits 70 (the lease-loss path)."""
-    ready, child_pid = tmp_path / "ready", tmp_path / "child_pid"
-    p = conch.start(
-        "elect", "wd-dies", "--kill-after", "1s", "--", SH, "-c",
-        f"echo $$ > {child_pid}; touch {ready}; while true; do sleep 0.05; done",
-    )  # fmt: skip
-    wait_for(ready.exists, what="child ready")
-    wd = wait_for(lambda: watchdog_of(p.pid), what="the watchdog process")
-    os.kill(wd, signal.SIGKILL)
-    assert p.wait(20) == 70
-    assert pid_gone(int(read(child_pid)))
+    p = _signal_the_watchdog_of_a_holder(conch, tmp_path, "wd-dies", "1s",
+                                         "touch $READY; while true; do sleep 0.05; done",
+                                         signal.SIGKILL)  # fmt: skip
     assert "watchdog" in p.stderr.read()
     assert conch.run("elect", "wd-dies", "--who").returncode == 1  # the slot was given up
 
@@ -36,19 +43,12 @@ def test_a_child_killed_by_its_watchdog_is_a_loss_not_its_own_exit(conch, tmp_pa
     """The watchdog killed the group (here on SIGTERM; in the invariant suite, at a deadline a
     late renewal had not yet reached it) while conch still trusted its lease: conch sees its
     child die by SIGTERM, and must report the loss (70), not the child's 128+15."""
-    ready, child_pid = tmp_path / "ready", tmp_path / "child_pid"
     # a grandchild that outlives SIGTERM keeps the watchdog busy (alive) for --kill-after
     # after the child itself is dead: conch sees the child's death first
-    stubborn = f"{SH} -c \"trap '' TERM; touch {ready}; while true; do sleep 0.05; done\" &"
-    p = conch.start(
-        "elect", "wd-fires", "--kill-after", "2s", "--", SH, "-c",
-        f"echo $$ > {child_pid}; {stubborn} while true; do sleep 0.05; done",
-    )  # fmt: skip
-    wait_for(ready.exists, what="child ready")
-    wd = wait_for(lambda: watchdog_of(p.pid), what="the watchdog process")
-    os.kill(wd, signal.SIGTERM)
-    assert p.wait(20) == 70
-    assert pid_gone(int(read(child_pid)))
+    stubborn = f"{SH} -c \"trap '' TERM; touch $READY; while true; do sleep 0.05; done\" &"
+    _signal_the_watchdog_of_a_holder(conch, tmp_path, "wd-fires", "2s",
+                                     f"{stubborn} while true; do sleep 0.05; done",
+                                     signal.SIGTERM)  # fmt: skip
 
 
 def _child_leaving_a_stubborn_grandchild(tmp_path: Path, code: int) -> tuple[list[str], Path]:
