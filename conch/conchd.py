@@ -490,6 +490,12 @@ class Heartbeat(threading.Thread):
                 and now - self._last_echo <= SETTLE
             )
             self._settled = heard_all or watched
+            if self._settled:
+                peers = len(self._clocks.offsets(now))
+                log.info(
+                    "clock checked against %d peer(s)%s: claiming ticks",
+                    peers, "" if peers else " (none heard; the watch works)",
+                )  # fmt: skip
             return self._settled
 
     def correction(self) -> float:

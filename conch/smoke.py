@@ -231,6 +231,10 @@ class _Daemons:
     def log(self, did: str) -> str:
         return _read(self.dir / f"{did}.log")
 
+    def wait_claiming(self, did: str) -> None:
+        """Until the daemon has checked its clock and claims ticks (a few seconds at start)."""
+        _poll(lambda: "claiming ticks" in self.log(did), 30, f"conchd {did} to claim ticks")
+
     def stop(self, did: str, sig: int = signal.SIGTERM) -> int | None:
         p = self.procs[did]
         if p.poll() is None:
@@ -264,6 +268,8 @@ def cron_step(env: dict[str, str], name: str, tag: str) -> str:
     with tempfile.TemporaryDirectory() as d:
         daemons = _Daemons(env, Path(d))
         daemons.start(f"smoke-{tag}", "5s")
+        # a tick due while it still settles would run late, next to the following one
+        daemons.wait_claiming(f"smoke-{tag}")
         added = False
         try:
             _expect(_conch(env, "cron", "add", name, "--schedule", "@every 3s", "--",

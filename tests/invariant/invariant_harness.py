@@ -537,6 +537,8 @@ class Harness:
             CONCH_ENDPOINTS=cluster.endpoints_csv,
             CONCH_PREFIX=self.prefix,
             PYTHONUNBUFFERED="1",
+            # a conch that will not finish gets SIGABRT: its threads' stacks go to its stderr
+            PYTHONFAULTHANDLER="1",
         )
 
     # -- contenders --------------------------------------------------------------------------
@@ -809,7 +811,8 @@ class Harness:
         while self.live_count() and now() < limit:
             time.sleep(0.05)
         if self.live_count():
-            ok, detail = False, f"{self.live_count()} conch process(es) did not finish"
+            ok = False
+            detail = f"{self.live_count()} conch process(es) did not finish" + self._stacks()
         limit = now() + sc.ttl + 3.0
         while now() < limit:
             keys = self.observer.list_keys()
@@ -834,6 +837,23 @@ class Harness:
         while self.live_count() and now() < limit:
             time.sleep(0.05)
         self.convergences.append(Convergence(None, False, None, why))
+
+    def _stacks(self) -> str:
+        """SIGABRT every conch still running (it runs with PYTHONFAULTHANDLER): where each one
+        hung, from the stacks it writes to its stderr file."""
+        with self.lock:
+            live = [p for p in self.procs if p.alive() and p.popen.poll() is None]
+        out = []
+        for p in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+                os.kill(p.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(5)
+            text = p.stderr.read_text(errors="replace")
+            at = text.find("Fatal Python error")
+            out.append(f"\n    conch {p.holder} (pid {p.pid}), its stderr:\n" + text[max(0, at) :])
+        return "".join(out)
 
     def _who(self) -> dict[str, Any] | None:
         args = [self.sc.kind, self.name, "--who", "--json"]
