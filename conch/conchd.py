@@ -580,6 +580,7 @@ class Heartbeat(threading.Thread):
 
     def _observe(self, events: list[Any]) -> None:
         now_m = time.monotonic()
+        heard: set[str] = set()
         for ev in events:
             if ev.kv.key == self._key:
                 if ev.type is EventType.PUT:
@@ -600,11 +601,14 @@ class Heartbeat(threading.Thread):
                 with self._lock:
                     self._clocks.observe(peer, float(peer_time), time.time(), now_m)
                     self._heard_any = True
-                    if peer in self._waiting_for:
-                        self._waiting_for.discard(peer)
-                        self._heard = True
+                heard.add(peer)
         with self._lock:
             self._update(now_m)
+            # a peer counts as heard only with the correction its beat gives set: settled()
+            # (another thread) must never see it heard and the clock not yet corrected
+            if heard & self._waiting_for:
+                self._waiting_for -= heard
+                self._heard = True
             if self._heard and not self._waiting_for:
                 # every peer listed at start has been heard (after the correction is set)
                 self._settle_at = min(self._settle_at, now_m)

@@ -202,6 +202,40 @@ def test_clocks_off_by_25s_either_way_run_no_tick_twice_nor_early(conch, daemons
     assert "ahead" in daemons.log("early") and "clock" in daemons.log("early")
 
 
+def test_a_skewed_daemon_whose_watch_hangs_at_start_claims_nothing_early(
+    conch, daemons, tmp_path, faultshim_lib, clock_control, etcd, etcd_proxy, client, prefix
+):
+    """A daemon starts 20 s ahead while two peers beat, and its watch hangs right after it
+    listed them (its first endpoint stops answering; its other calls fail over to the next
+    one): hearing nobody within its settle time must not make it claim by its own clock —
+    settling by time alone needs a watch that works (cron invariant seed 571656)."""
+    ticks = tmp_path / "ticks"
+    add(conch, "hung", "@every 1s", "--overlap", "allow", "--", *_child(ticks))
+    daemons.start("a")
+    daemons.start("b")
+    wait_for(lambda: _runs(ticks), timeout=30, what="a first tick")
+    env = _skewed(faultshim_lib, clock_control, 20.0)
+    env["CONCH_ENDPOINTS"] = f"{etcd_proxy.endpoint},{etcd.endpoints_csv}"
+    daemons.start("early", env=env)
+    beat = keys.cron_daemon_key(prefix, "early")
+    # its first beat follows the listing and the watch's creation (conchd Heartbeat.run)
+    wait_for(lambda: client.get(beat)[0], timeout=30, interval=0.01, what="its first beat")
+    etcd_proxy.hang()
+    try:
+        # its beats go on through the other endpoint; hold the hang for 4 of them (8 s, past
+        # its 6 s settle time)
+        wait_for(lambda: client.get(beat)[0].version >= 5, timeout=30, what="4 more beats")
+    finally:
+        etcd_proxy.pass_through()  # its watch reconnects and hears the peers
+    wait_for(lambda: "ahead" in daemons.log("early"), timeout=30, what="it sees its clock ahead")
+    n = len(_runs(ticks))
+    wait_for(lambda: len(_runs(ticks)) >= n + 5, timeout=30, what="5 more ticks")
+    seen = collections.Counter(t for t, _ in _runs(ticks))
+    assert all(k == 1 for k in seen.values()), [t for t, k in seen.items() if k > 1]
+    for tick, at in _runs(ticks):
+        assert at >= _epoch(tick) - 0.2, f"tick {tick} started {_epoch(tick) - at:.1f}s early"
+
+
 def test_rm_and_add_with_a_lagging_daemon_reruns_nothing(conch, daemons, tmp_path,
                                                          faultshim_lib, clock_control):  # fmt: skip
     """`cron rm` + `cron add` of the same name while a daemon lags 5 s behind the one that ran
