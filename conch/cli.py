@@ -5,6 +5,7 @@ Heavy modules (grpc, the generated stubs) are imported only by commands that tal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -494,35 +495,52 @@ def _etcd_error() -> type[Exception]:
 # --- end of cron -----------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _error(message: str, code: int) -> int:
     click.echo(f"{_state['prog']}: error: {message}", err=True)
-    sys.exit(code)
+    return code
 
 
 def run_command(command: click.Command, argv: list[str] | None, prog: str) -> NoReturn:
     """Run a click command as a program: every failure is one `PROG: error: ...` line on stderr
     and its documented exit code; a traceback only with -v."""
     _state["prog"] = prog
+    _exit(_run(command, argv))
+
+
+def _run(command: click.Command, argv: list[str] | None) -> int:
     try:
-        rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
+        rv = command.main(args=argv, prog_name=_state["prog"], standalone_mode=False)
     except click.UsageError as e:
         msg = e.format_message()
-        _fail(msg.splitlines()[0] if msg else "usage error", 2)
+        return _error(msg.splitlines()[0] if msg else "usage error", 2)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.Abort:
-        _fail("aborted", 130)
+        return _error("aborted", 130)
     except ConchError as e:
         if _state["verbose"]:
             log.exception("details")
-        _fail(str(e), e.exit_code)
+        return _error(str(e), e.exit_code)
     except BrokenPipeError:
-        sys.exit(1)
+        return 1
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     except Exception as e:
         if _state["verbose"]:
-            raise
-        _fail(f"internal error: {e!r} (run with -v for details)", 1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+            log.exception("internal error")
+        return _error(f"internal error: {e!r} (run with -v for details)", 1)
+    return rv if isinstance(rv, int) else 0
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process now with `code`, stdout and stderr flushed, skipping the interpreter's
+    teardown: that would collect grpc channels, and a channel's close can wait for ever for
+    calls a fault left behind (Client.close is bounded; a collected channel is not). A process
+    whose outcome is decided must end; the kernel closes its connections."""
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+            f.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -20,6 +20,7 @@ EtcdUnavailable. A password never appears in any message this module produces.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -30,6 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+log = logging.getLogger("conch.client")
 
 
 class EtcdError(Exception):
@@ -228,6 +231,7 @@ def _describe(err: BaseException) -> str:
 
 
 # The one failover policy, used by unary calls, watch streams and lease keepalives.
+CLOSE_TIMEOUT = 2.0  # longest wait of Client.close() (seconds)
 MIN_ATTEMPT = 0.1  # shortest bound of one attempt on one endpoint (seconds)
 MAX_ROUND_PAUSE = 0.5  # longest pause after a whole round of endpoints failed
 
@@ -496,9 +500,14 @@ class Watch:
             call.cancel()
         self._events.put(_CANCELED)
         self._ready.set()
-        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
+        if wait:
+            self.join(5.0)
         self._client._forget_watch(self)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` for the stream thread of a canceled watch to finish."""
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def __enter__(self) -> Watch:
         return self
@@ -750,14 +759,19 @@ class Client:
             self._reauthenticate(None, deadline)
         self._connected = True
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Cancel every watch and stream and close the connections, waiting at most `timeout`
+        in all: grpc's channel close waits for its calls to be cleaned up, which can take for
+        ever after a fault (grpc/grpc#19910, #20026); then the connections are left to the
+        process's exit, which closes them."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             watches = list(self._watches)
+        end = time.monotonic() + timeout
         for w in watches:
-            w.cancel()
+            w.cancel(wait=False)
         ka = self._ka  # not under _ka_lock: a waiting lease_keepalive sees its stream end
         if ka is not None:
             ka.close()
@@ -765,8 +779,15 @@ class Client:
             channels = list(self._channels.values())
             self._channels.clear()
             self._stubs.clear()
-        for ch in channels:
-            ch.close()
+        closer = threading.Thread(
+            target=lambda: [ch.close() for ch in channels], name="conch-close", daemon=True
+        )
+        closer.start()
+        for w in watches:
+            w.join(max(0.0, end - time.monotonic()))
+        closer.join(max(0.0, end - time.monotonic()))
+        if closer.is_alive():
+            log.debug("etcd connections not closed within %.1fs: left to the exit", timeout)
 
     def __enter__(self) -> Client:
         self.connect()

@@ -671,3 +671,32 @@ def test_close_stops_every_thread(etcd: LocalCluster, prefix: str) -> None:
     with pytest.raises(EtcdError):
         c.lease_keepalive(lease, timeout=1)
     c.close()  # idempotent
+
+
+def test_close_is_bounded_when_etcd_stops_answering(etcd_proxy: Any, prefix: str) -> None:
+    """A watch, a keepalive stream and a call in flight on a connection that stopped answering:
+    close() returns within its bound all the same (a process whose outcome is decided must
+    end; the connections are left to its exit)."""
+    from conch.client import CLOSE_TIMEOUT
+
+    c = Client(ClientConfig(endpoints=(etcd_proxy.endpoint,)), call_timeout=30)
+    c.connect()
+    c.watch(prefix.encode())
+    lease, _ = c.lease_grant(10)
+    c.lease_keepalive(lease, timeout=5)
+    etcd_proxy.hang()
+    ended: list[BaseException] = []
+
+    def call_in_flight() -> None:
+        try:
+            c.get(prefix.encode())
+        except EtcdError as e:
+            ended.append(e)
+
+    stuck = threading.Thread(target=call_in_flight, daemon=True)
+    stuck.start()
+    t = time.monotonic()
+    c.close()
+    assert time.monotonic() - t < CLOSE_TIMEOUT + 1.0
+    stuck.join(10)
+    assert ended  # canceled by the close (or refused, if it came after): it did not wait 30 s
