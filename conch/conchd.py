@@ -50,6 +50,7 @@ log = logging.getLogger("conch.conchd")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_WAIT = 0.25  # longest sleep of the scheduler loop (it also waits on the job watch)
 CLAIM_TIMEOUT = 5.0  # longest single claim transaction
+STOP_SPARE = 3.0  # on stopping, beyond the runs' bound: for the other threads to end
 RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
 MAX_LINE = 8192  # longer output lines are logged in pieces
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
@@ -351,8 +352,11 @@ class Run:
         d = self.daemon
         delay, warned, give_up = 0.2, False, None
         while True:
+            timeout = CLAIM_TIMEOUT
+            if give_up is not None:  # stopping: the last attempt ends with the grace
+                timeout = max(0.1, min(timeout, give_up - time.monotonic()))
             try:
-                cron.finish(d.client, d.prefix, self.job.name, self.us, rec, timeout=CLAIM_TIMEOUT)
+                cron.finish(d.client, d.prefix, self.job.name, self.us, rec, timeout=timeout)
                 if warned:
                     log.info("%s: result recorded", self.label)
                 break
@@ -395,10 +399,10 @@ class Housekeeper(threading.Thread):
             self._pending.add(job)
         self._wake.set()
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop after the job at hand (join() to wait for it)."""
         self._halt.set()
         self._wake.set()
-        self.join(timeout=5)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -512,12 +516,12 @@ class Heartbeat(threading.Thread):
                 self._update(time.monotonic())
             return self._correction
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop beating and watching (join() to wait for it)."""
         self._halt.set()
         w = self._watch
         if w is not None:
-            w.cancel()
-        self.join(timeout=5)
+            w.cancel(wait=False)
 
     def run(self) -> None:
         next_beat = 0.0
@@ -1007,18 +1011,31 @@ class Daemon:
             "%s: stopping; %d run(s) in progress get %s, then SIGKILL after their --kill-after",
             signal.Signals(sig).name, len(runs), signal.Signals(sig).name,
         )  # fmt: skip
+        # everything but the runs stops at once; then one bound for the runs (their kill
+        # sequence, then their results), one for the rest, and the lease revoke (4 s at most)
         if self._watch is not None:
-            self._watch.cancel()
-        for r in runs:
-            r.thread.join(r.job.kill_after + RESULT_GRACE + 10.0)
-        self.housekeeper.stop()
-        self.heartbeat.stop()
+            self._watch.cancel(wait=False)
+        self.housekeeper.halt()
+        self.heartbeat.halt()
+        longest = max((r.job.kill_after for r in runs), default=0.0)
+        from conch.supervisor import SIGKILL_GRACE
+
+        _join_all([r.thread for r in runs], longest + SIGKILL_GRACE + RESULT_GRACE + 1.0)
+        _join_all([self.housekeeper, self.heartbeat], STOP_SPARE)
         if self.session is not None:
             self.session.close(revoke=True)
         log.info("stopped")
         if self.fatal is not None:
             raise ConchError(self.fatal, EXIT_UNAVAILABLE)
         return 128 + sig
+
+
+def _join_all(threads: list[threading.Thread], seconds: float) -> None:
+    """Wait for the threads to end, `seconds` at most in all."""
+    end = time.monotonic() + seconds
+    for t in threads:
+        if t.is_alive():
+            t.join(max(0.0, end - time.monotonic()))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1146,14 +1146,16 @@ class CronHarness:
             time.sleep(SUPERVISE_POLL)
         for p in live:
             if p.alive() and p.popen.poll() is None:  # the checker reports it; say where it hung
-                self.notes.append(
-                    f"conchd {p.daemon}#{p.life} did not stop within "
-                    f"{ka + 20.0:g}s of SIGTERM: SIGABRT, stacks in {p.stderr}"
-                )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGABRT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.popen.wait(5)
+                text = p.stderr.read_text(errors="replace")
+                self.notes.append(
+                    f"conchd {p.daemon}#{p.life} did not stop within {ka + 20.0:g}s of "
+                    f"SIGTERM: SIGABRT; its stderr ({p.stderr}) from there:\n"
+                    + text[max(0, text.find("Fatal Python error")) :]
+                )
 
     def _teardown(self) -> None:
         self._stop_ev.set()
