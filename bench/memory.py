@@ -1,11 +1,14 @@
-"""Memory: RSS of a waiting and of a holding contender (conch: with its watchdog).
+"""Memory: RSS of a waiting and of a holding contender (conch: with its watchdog), and the
+CPU an idle waiter uses.
 
 A holder runs `sleep`; one waiter queues behind it. RSS is read from /proc/PID/status (VmRSS)
-once the waiter is queued, so both are in their steady state.
+once the waiter is queued, so both are in their steady state; the waiter's CPU time is the sum
+of its threads' /proc/PID/task/TID/schedstat (nanoseconds on a CPU) over `idle_seconds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import time
@@ -23,6 +26,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by every thread of the process (threads that ended not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # the thread ended meanwhile
+            total += int(Path(task, "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def children_of(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -35,8 +47,8 @@ def command_of(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
-def measure(tool: Tool) -> dict[str, float]:
-    """{'waiter': MB, 'holder': MB, 'holder+watchdog': MB}."""
+def measure(tool: Tool, idle_seconds: float) -> dict[str, float]:
+    """{'waiter': MB, 'holder': MB, 'holder+watchdog': MB, 'waiter CPU %': % of a core}."""
     name = f"memory-{tool.kind}-{next(_names)}"
     env = quiet_env()
     holder = subprocess.Popen(tool.command(name, ["sleep", "600"]), env=env, start_new_session=True)
@@ -51,10 +63,14 @@ def measure(tool: Tool) -> dict[str, float]:
         time.sleep(0.5)  # steady state: the waiter's watch is open (a bench, not a test)
         held = rss_mb(holder.pid)
         watchdogs = [p for p in children_of(holder.pid) if "watchdog" in command_of(p)]
+        cpu0, t0 = cpu_seconds(waiter.pid), time.monotonic()
+        time.sleep(idle_seconds)  # the span measured
+        busy = (cpu_seconds(waiter.pid) - cpu0) / (time.monotonic() - t0)
         return {
             "waiter": rss_mb(waiter.pid),
             "holder": held,
             "holder+watchdog": held + sum(rss_mb(p) for p in watchdogs),
+            "waiter CPU %": 100 * busy,
         }
     finally:
         for p in (waiter, holder):

@@ -105,16 +105,15 @@ def _why_missed(r: dict[str, Any]) -> list[str]:
         q = r["queue"]["conch"]
         lo, hi = min(q, key=int), max(q, key=int)
         if q[hi]["p50"] > 1.2 * q[lo]["p50"]:
+            idle = r.get("memory", {}).get("conch", {}).get("waiter CPU %")
+            cpu = "" if idle is None else f" (an idle waiting conch uses {idle:.2f} % of a core)"
             out.append(
                 f"- **flat queue**: p50 {q[hi]['p50']:.1f} ms with {hi} waiters vs "
                 f"{q[lo]['p50']:.1f} ms with {lo}. The recipe itself is flat (a release wakes "
-                "2 waiters, see the sema section); the machine is not: an idle waiting conch "
-                "uses ~0.8 % of a core (measured: 20 waiters over 10 s), so 200 of them take "
-                "most of these 2 cores. Most of it is wake-ups, not work: grpc's Python "
-                "stream readers (the watch, the keepalive stream) and conch's own wait loop "
-                "each wake every 100 ms. What would close it: waits that sleep until an "
-                "event (the signal wake-up fd conch's hold loop already uses, for the wait "
-                "too) and stream readers that do not poll."
+                f"2 waiters, see the sema section); the machine is not{cpu}: {hi} Python "
+                "processes on 2 cores, each with its threads and its memory, slow the one "
+                "that must wake. What would close it: fewer processes per host (one conch per "
+                "job step is the model), or more cores."
             )
     return (
         ["", "### Targets missed: by how much, why, what would close it", "", *out] if out else []
@@ -201,12 +200,14 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         md += ["", "## One-shot: the whole process, uncontended", "", _table(rows)]
     if "memory" in r:
         mem = r["memory"]
-        rows = [["tool", "waiter MB", "holder MB", "holder + watchdog MB"]]
+        rows = [["tool", "waiter MB", "holder MB", "holder + watchdog MB",
+                 "idle waiter CPU (% of a core)"]]  # fmt: skip
         rows += [
-            [k, f"{v['waiter']:.1f}", f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}"]
+            [k, f"{v['waiter']:.1f}", f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}",
+             f"{v['waiter CPU %']:.2f}" if "waiter CPU %" in v else "-"]
             for k, v in mem.items()
             if k != "floor"
-        ]
+        ]  # fmt: skip
         md += [
             "",
             "## Memory (RSS, median)",

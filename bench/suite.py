@@ -21,6 +21,7 @@ class Sizes:
     child_hold: float  # seconds each child of a draining queue holds
     oneshot_reps: int
     memory_reps: int
+    idle_seconds: float  # how long an idle waiter's CPU time is measured
     crash_reps: int
     crash_ttl: int
     sema_waiters: int
@@ -32,11 +33,11 @@ class Sizes:
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 5, 10, 100, 4, 50, 16, 8, 60.0)
+        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 10.0, 5, 10, 100, 4, 50, 16, 8, 60.0)
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(2, (1, 3), 0.0, 2, 1, 1, 3, 4, 2, 4, 2, 2, 2.0)
+        return cls(2, (1, 3), 0.0, 2, 1, 1.0, 1, 3, 4, 2, 4, 2, 2, 2.0)
 
 
 def _ms(xs: list[float]) -> dict[str, float]:
@@ -85,9 +86,9 @@ def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[s
             mem: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
             for _ in range(sizes.memory_reps):
                 for k, tool in tools.items():
-                    mem[k].append(memory.measure(tool))
+                    mem[k].append(memory.measure(tool, sizes.idle_seconds))
             results["memory"] = {
-                k: {f: round(statistics.median(m[f] for m in v), 1) for f in v[0]}
+                k: {f: round(statistics.median(m[f] for m in v), 2) for f in v[0]}
                 for k, v in mem.items()
             }
             results["memory"]["floor"] = {"python + grpc + stubs": round(_import_floor_mb(), 1)}

@@ -149,7 +149,22 @@ def _grpc() -> Any:
         finally:
             if unset:
                 os.environ.pop("GRPC_VERBOSITY", None)
+        _quiet_stream_readers(grpc)
     return grpc
+
+
+# How often a thread blocked reading a grpc stream wakes up to look for nothing in particular.
+# grpc wakes it every 0.1 s so that a signal handler is never held up (grpc._common.wait); only
+# the main thread runs signal handlers, and conch reads streams on threads of their own (the
+# main thread sleeps on a self-pipe): 10 wake-ups a second per stream are the larger part of an
+# idle waiter's CPU (bench/). Unknown grpc versions are left alone.
+_STREAM_READER_WAKE = 1.0
+
+
+def _quiet_stream_readers(grpc: Any) -> None:
+    common = getattr(grpc, "_common", None)
+    if isinstance(getattr(common, "MAXIMUM_WAIT_TIMEOUT", None), float):
+        common.MAXIMUM_WAIT_TIMEOUT = _STREAM_READER_WAKE
 
 
 _stubs: tuple[Any, Any] | None = None
@@ -431,8 +446,10 @@ class Watch:
         start_revision: int,
         no_put: bool,
         no_delete: bool,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
+        self._wake = wake
         self._key = key
         self._range_end = range_end or b""
         self._no_put = no_put
@@ -498,7 +515,7 @@ class Watch:
             reqq.put(None)
         if call is not None:
             call.cancel()
-        self._events.put(_CANCELED)
+        self._put(_CANCELED)
         self._ready.set()
         if wait:
             self.join(5.0)
@@ -535,7 +552,13 @@ class Watch:
         if not self._ready.is_set():
             self._init_error = err
             self._ready.set()
-        self._events.put(err)
+        self._put(err)
+
+    def _put(self, item: Any) -> None:
+        """Queue what get() returns next, and wake whoever waits for it elsewhere."""
+        self._events.put(item)
+        if self._wake is not None:
+            self._wake()
 
     def _run(self) -> None:
         try:
@@ -665,7 +688,7 @@ class Watch:
             out.append(Event(type=EventType(ev.type), kv=_kv(ev.kv)))
         if out:
             self._next_rev = out[-1].kv.mod_revision + 1
-            self._events.put(out)
+            self._put(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -942,12 +965,15 @@ class Client:
         no_put: bool = False,
         no_delete: bool = False,
         timeout: float | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> Watch:
-        """Start a watch; returns once the server confirmed it was created."""
+        """Start a watch; returns once the server confirmed it was created. `wake`, if given,
+        is called from the watch's thread each time get() has something new (events, an
+        error, its end): a caller can then sleep on something else than get()."""
         self._check_open()
         t = self.call_timeout if timeout is None else timeout
         self._ensure_session(time.monotonic() + t)
-        w = Watch(self, key, range_end, start_revision, no_put, no_delete)
+        w = Watch(self, key, range_end, start_revision, no_put, no_delete, wake)
         with self._lock:
             self._watches.add(w)
         w._start(t)

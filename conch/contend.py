@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from conch.client import Client, Compare, EtcdError, Event, EventType, KeyValue, Op, WatchCompacted
 from conch.holder import HolderRecord
@@ -27,7 +28,8 @@ from conch.ranking import Contender, Decision, decide
 
 log = logging.getLogger("conch.contend")
 
-POLL = 0.1  # how often a blocked wait looks at stop/deadline/session (seconds)
+POLL = 0.1  # how often a blocked wait without a Wake looks at stop/deadline/session (seconds)
+IDLE = 1.0  # with a Wake: the longest sleep between two looks (a safety net, not the signal)
 NONBLOCK_GRACE = 1.0  # --nonblock: how long an entitled contender waits for its predecessor
 
 
@@ -36,6 +38,15 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # --nonblock not acquired at once, or --timeout passed
     LOST = "lost"  # my key or lease is gone
     STOPPED = "stopped"  # asked to stop (a signal)
+
+
+class Wake(Protocol):
+    """Something a wait sleeps on (conch.core.Waker): set by the watch's thread on events,
+    by signal handlers and by the session on a loss."""
+
+    def set(self) -> None: ...
+    def wait(self, timeout: float) -> bool: ...
+    def clear(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,11 @@ class Contention:
         nonblock: bool = False,
         deadline: float | None = None,
         stop: threading.Event | None = None,
+        wake: Wake | None = None,
     ) -> Outcome:
-        """Wait until this contender holds a slot (HELD), or not (see Outcome)."""
+        """Wait until this contender holds a slot (HELD), or not (see Outcome). With `wake`
+        (set whenever stop is set or `lost` turns true), the wait sleeps on it instead of
+        looking every POLL seconds: an idle waiter costs next to nothing."""
         woken_by: list[Event] = []
         self.proven_rev = 0
         watching_my_key = False
@@ -162,27 +176,29 @@ class Contention:
             if deadline is not None and self._clock() >= deadline:
                 return Outcome.TIMEOUT
             watching_my_key = d.watch_dir_deletes  # the directory's range holds my key
+            on_item = None if wake is None else wake.set
             if d.watch_dir_deletes:
                 w = self.client.watch(
-                    self.directory, self.range_end, start_revision=rev + 1, no_put=True
-                )
+                    self.directory, self.range_end, start_revision=rev + 1, no_put=True,
+                    wake=on_item,
+                )  # fmt: skip
             else:
                 assert d.watch_key is not None
-                w = self.client.watch(d.watch_key, start_revision=rev + 1)
+                w = self.client.watch(d.watch_key, start_revision=rev + 1, wake=on_item)
             try:
                 while True:
                     if stop is not None and stop.is_set():
                         return Outcome.STOPPED
                     if self._lost():
                         return Outcome.LOST
-                    timeout = POLL
+                    timeout = POLL if wake is None else IDLE
                     if deadline is not None:
                         left = deadline - self._clock()
                         if left <= 0:
                             return Outcome.TIMEOUT
                         timeout = min(timeout, left)
                     try:
-                        events = w.get(timeout)
+                        events = w.get(timeout if wake is None else 0)
                     except WatchCompacted:
                         woken_by = []
                         break  # re-list
@@ -190,6 +206,11 @@ class Contention:
                         self.wakeups += 1
                         woken_by = events
                         break
+                    if wake is not None:
+                        # anything that arrives from here on sets it; what came before the
+                        # clear is in the watch's queue (or in stop/lost) for the next look
+                        wake.wait(timeout)
+                        wake.clear()
             finally:
                 w.cancel(wait=False)  # its thread ends by itself; the hand-over goes on
 

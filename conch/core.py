@@ -520,7 +520,7 @@ def _acquire(
     c: Contention, spec: RunSpec, sig: Signals, deadline: float | None
 ) -> tuple[Outcome, int]:
     c.enqueue()
-    outcome = c.wait(nonblock=spec.nonblock, deadline=deadline, stop=sig.event)
+    outcome = c.wait(nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake)
     if outcome is not Outcome.HELD:
         return outcome, 0
     if c.proven_rev:
