@@ -133,7 +133,13 @@ def spawn() -> Iterator[Callable[..., Dev]]:
     devs: list[Dev] = []
 
     def _spawn(argv: list[str], env: dict[str, str] | None = None, **popen: object) -> Dev:
-        d = Dev(argv, env or dev_env(), **popen)
+        # a SIGHUP the test runner ignores (nohup, a background job) stays ignored in its
+        # children, and conch dev then rightly keeps ignoring it: spawn with the default
+        old = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        try:
+            d = Dev(argv, env or dev_env(), **popen)
+        finally:
+            signal.signal(signal.SIGHUP, old)
         devs.append(d)
         return d
 

@@ -104,6 +104,14 @@ def ignores(pid: int, *sigs: int) -> bool:
     return False
 
 
+def catches(pid: int, sig: int) -> bool:
+    """True if process `pid` has a handler for `sig` (from the SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
 def read_pid(path: Path) -> int:
     return int(path.read_text())
 
@@ -553,7 +561,12 @@ def test_watchdog_ignores_sigint_and_fires_on_sigterm(tracker: Tracker, tmp_path
     wd = Watchdog.start(c.pgid, KILL_AFTER, clock() + 600.0)
     try:
         # Signals sent before it has set its dispositions would hit Python's defaults.
-        wait_until(lambda: ignores(wd.pid, signal.SIGINT, signal.SIGHUP), SLACK, "its handlers")
+        # (SIGINT and SIGHUP may be ignored from the start, under nohup: SIGTERM's handler is
+        # set last)
+        def handlers_set() -> bool:
+            return ignores(wd.pid, signal.SIGINT, signal.SIGHUP) and catches(wd.pid, signal.SIGTERM)
+
+        wait_until(handlers_set, SLACK, "its handlers")
         os.kill(wd.pid, signal.SIGINT)
         os.kill(wd.pid, signal.SIGHUP)
         wd.update(clock() + 600.0)
