@@ -139,10 +139,13 @@ class Contention:
         deadline: float | None = None,
         stop: threading.Event | None = None,
         wake: Wake | None = None,
+        on_next: Callable[[], None] | None = None,
     ) -> Outcome:
         """Wait until this contender holds a slot (HELD), or not (see Outcome). With `wake`
         (set whenever stop is set or `lost` turns true), the wait sleeps on it instead of
-        looking every POLL seconds: an idle waiter costs next to nothing."""
+        looking every POLL seconds: an idle waiter costs next to nothing. `on_next` is called
+        each time this contender is found next in line (the first to get a slot that frees):
+        what it must have ready to start can be made ready then, off the hand-over's path."""
         woken_by: list[Event] = []
         self.proven_rev = 0
         watching_my_key = False
@@ -176,6 +179,8 @@ class Contention:
             if deadline is not None and self._clock() >= deadline:
                 return Outcome.TIMEOUT
             watching_my_key = d.watch_dir_deletes  # the directory's range holds my key
+            if d.watch_dir_deletes and on_next is not None:
+                on_next()
             on_item = None if wake is None else wake.set
             if d.watch_dir_deletes:
                 w = self.client.watch(

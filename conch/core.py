@@ -249,6 +249,36 @@ class HoldResult:
     reason: str = ""
 
 
+class SpareWatchdog:
+    """A watchdog started while this contender is next in line, not yet armed: taking the slot
+    then only has to start the child (docs/decisions/0006). One process more, on the next
+    waiter's host only; it exits quietly when conch does."""
+
+    def __init__(self) -> None:
+        self._wd: Watchdog | None = None
+
+    def ready(self) -> None:
+        if self._wd is not None and self._wd.alive():
+            return
+        self.discard()
+        from conch.watchdog import Watchdog
+
+        try:
+            self._wd = Watchdog.spawn()
+        except OSError as e:  # the hold starts one itself, and reports it if it cannot
+            log.debug("cannot start a spare watchdog: %s", _oserror(e))
+
+    def take(self) -> Watchdog | None:
+        """The spare, if there is one (the caller owns it from now on)."""
+        wd, self._wd = self._wd, None
+        return wd
+
+    def discard(self) -> None:
+        wd, self._wd = self._wd, None
+        if wd is not None:
+            wd.disarm()
+
+
 def hold(
     client: Client,
     session: Session,
@@ -257,6 +287,7 @@ def hold(
     sig: Signals,
     rev: int,
     release: Callable[[], None] | None = None,
+    spare: Watchdog | None = None,
 ) -> HoldResult:
     """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
 
@@ -266,7 +297,8 @@ def hold(
 
     The watchdog is started before the child (a failure to start it means nothing ran) and
     armed right after the spawn; if arming fails, the child is killed before the slot is
-    given up. Raises ConchError when the child or its watchdog cannot be started."""
+    given up. `spare`: an unarmed watchdog started earlier (SpareWatchdog), used if alive.
+    Raises ConchError when the child or its watchdog cannot be started."""
     from conch.revoke import document
     from conch.supervisor import Child
     from conch.watchdog import Watchdog
@@ -282,11 +314,14 @@ def hold(
     kw: KeyWatch | None = None
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
+        if spare is not None and (not session.is_trusted() or not spare.alive()):
+            spare.disarm()
+            spare = None
         if not session.is_trusted():
             reason = session.loss_reason or "lease could not be confirmed in time"
             return HoldResult(Ending.NOT_STARTED, EXIT_LEASE_LOST, reason=reason)
         try:
-            wd = Watchdog.spawn()
+            wd = spare or Watchdog.spawn()
         except OSError as e:
             raise ConchError(f"cannot start the watchdog: {_oserror(e)}", EXIT_OSERR) from e
         try:
@@ -437,14 +472,20 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             lost=lambda session=session: not session.is_trusted(),
         )
         unwake = session.on_lost(lambda _r: sig.wake.set())
+        spare = SpareWatchdog()
         try:
-            outcome, rev = _acquire(c, spec, sig, deadline)
+            outcome, rev = _acquire(c, spec, sig, deadline, spare)
         except EtcdError as e:
+            spare.discard()
             unwake()
             session.close()
             etcd_trouble(e)
             continue
+        except BaseException:
+            spare.discard()
+            raise
         if outcome is not Outcome.HELD:
+            spare.discard()
             unwake()
             _withdraw(c, session)
             if outcome is Outcome.TIMEOUT:
@@ -460,7 +501,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             # a --restart service keeps the slot across child exits
             release = None if spec.restart else lambda c=c, session=session: _withdraw(c, session)
             try:
-                res = hold(client, session, c, spec, sig, rev, release)
+                res = hold(client, session, c, spec, sig, rev, release, spare.take())
             except BaseException:
                 unwake()
                 _withdraw(c, session)  # e.g. the command cannot be run: leave no key behind
@@ -517,10 +558,13 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
 
 
 def _acquire(
-    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None
+    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None, spare: SpareWatchdog
 ) -> tuple[Outcome, int]:
     c.enqueue()
-    outcome = c.wait(nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake)
+    outcome = c.wait(
+        nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake,
+        on_next=spare.ready,
+    )  # fmt: skip
     if outcome is not Outcome.HELD:
         return outcome, 0
     if c.proven_rev:

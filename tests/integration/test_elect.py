@@ -96,6 +96,34 @@ def test_timeout_exits_75_and_removes_queue_key(conch, tmp_path, etcdctl, prefix
     assert a.wait(20) == 0
 
 
+def test_the_next_in_line_has_its_watchdog_ready_and_leaves_none_behind(conch, tmp_path):
+    """The waiter next in line starts its watchdog while it waits (the hand-over then only
+    starts the child); the second in line does not; a waiter that gives up takes its
+    watchdog with it, and the one that takes the office uses the one it had."""
+    release_a, release_c = tmp_path / "release_a", tmp_path / "release_c"
+
+    def until(f: Path) -> list[str]:
+        return [SH, "-c", f"while [ ! -e {f} ]; do sleep 0.05; done"]
+
+    a = conch.start("elect", "spare", "--", *until(release_a))
+    wait_for(lambda: conch.who("elect", "spare")["holders"], what="a leads")
+    b = conch.start("elect", "spare", "--timeout", "5s", "--", "true")
+    spare_b = wait_for(lambda: watchdog_of(b.pid), what="b's spare watchdog")
+    c = conch.start("elect", "spare", "--", *until(release_c))
+    wait_for(lambda: conch.who("elect", "spare")["waiting"] == 2, what="c queued")
+    assert watchdog_of(c.pid) == 0  # second in line: nothing started for it yet
+    assert b.wait(20) == 75
+    assert pid_gone(spare_b)
+    spare_c = wait_for(lambda: watchdog_of(c.pid), what="c's spare watchdog")
+    release_a.touch()
+    assert a.wait(20) == 0
+    wait_for(lambda: conch.who("elect", "spare")["holders"][0]["pid"] == c.pid, what="c leads")
+    assert watchdog_of(c.pid) == spare_c  # the one it had ready watches its child
+    release_c.touch()
+    assert c.wait(20) == 0
+    assert pid_gone(spare_c)
+
+
 def test_restart_reruns_child_and_keeps_office(conch, tmp_path):
     runs = tmp_path / "runs"
     p = conch.start(
