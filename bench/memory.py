@@ -48,7 +48,8 @@ def command_of(pid: int) -> str:
 
 
 def measure(tool: Tool, idle_seconds: float) -> dict[str, float]:
-    """{'waiter': MB, 'holder': MB, 'holder+watchdog': MB, 'waiter CPU %': % of a core}."""
+    """{'waiter': MB, 'waiter+watchdog': MB (the next in line has its watchdog ready),
+    'holder': MB, 'holder+watchdog': MB, 'waiter CPU %': % of a core}."""
     name = f"memory-{tool.kind}-{next(_names)}"
     env = quiet_env()
     holder = subprocess.Popen(tool.command(name, ["sleep", "600"]), env=env, start_new_session=True)
@@ -66,8 +67,10 @@ def measure(tool: Tool, idle_seconds: float) -> dict[str, float]:
         cpu0, t0 = cpu_seconds(waiter.pid), time.monotonic()
         time.sleep(idle_seconds)  # the span measured
         busy = (cpu_seconds(waiter.pid) - cpu0) / (time.monotonic() - t0)
+        spares = [p for p in children_of(waiter.pid) if "watchdog" in command_of(p)]
         return {
             "waiter": rss_mb(waiter.pid),
+            "waiter+watchdog": rss_mb(waiter.pid) + sum(rss_mb(p) for p in spares),
             "holder": held,
             "holder+watchdog": held + sum(rss_mb(p) for p in watchdogs),
             "waiter CPU %": 100 * busy,

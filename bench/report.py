@@ -95,11 +95,14 @@ def _why_missed(r: dict[str, Any]) -> list[str]:
         if c > e:
             out.append(
                 f"- **hand-over**: conch {c:.1f} ms vs {e:.1f} ms. Both pay one etcd round trip "
-                "(the release) and the child's exec; conch also pays, on the successor's side, "
-                "the start of its watchdog process (it must exist before the child) and a few "
-                "ms of Python between the watch event and the exec, on 2 cores shared with the "
-                "exiting holder. What would close it: a watchdog started while the waiter is "
-                "the head of the queue, so only the exec remains."
+                "(the release) and the child's exec; the successor's watchdog is already "
+                "running (started while it was next in line). What is left is Python on both "
+                "sides, on 2 cores: the holder's (SIGCHLD, reaping the group, the LeaseRevoke "
+                "call through grpc) and the successor's (the watch event through grpc's stream "
+                "reader, the decision, the Popen of the child, arming the watchdog). What would "
+                "close it: a profile of those two paths first; then the larger share moved off "
+                "the path as the watchdog was (e.g. a child forked while waiting, exec'd on the "
+                "go-ahead)."
             )
     if "queue" in r:
         q = r["queue"]["conch"]
@@ -200,10 +203,11 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         md += ["", "## One-shot: the whole process, uncontended", "", _table(rows)]
     if "memory" in r:
         mem = r["memory"]
-        rows = [["tool", "waiter MB", "holder MB", "holder + watchdog MB",
-                 "idle waiter CPU (% of a core)"]]  # fmt: skip
+        rows = [["tool", "waiter MB", "waiter + watchdog MB", "holder MB",
+                 "holder + watchdog MB", "idle waiter CPU (% of a core)"]]  # fmt: skip
         rows += [
-            [k, f"{v['waiter']:.1f}", f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}",
+            [k, f"{v['waiter']:.1f}", f"{v.get('waiter+watchdog', v['waiter']):.1f}",
+             f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}",
              f"{v['waiter CPU %']:.2f}" if "waiter CPU %" in v else "-"]
             for k, v in mem.items()
             if k != "floor"
@@ -368,7 +372,9 @@ def _plots(r: dict[str, Any], out: Path) -> list[str]:
     if "memory" in r:
         mem = r["memory"]
         fig, ax = plt.subplots(figsize=(7, 4))
-        rows = [(f"{k} {f}", v[f]) for k, v in mem.items() if k != "floor" for f in v]
+        rows = [
+            (f"{k} {f}", v[f]) for k, v in mem.items() if k != "floor" for f in v if "CPU" not in f
+        ]
         rows += [(k, v) for k, v in mem["floor"].items()]
         ax.barh([a for a, _ in rows], [b for _, b in rows])
         ax.set(xlabel="RSS (MB)", title="Memory")
