@@ -241,7 +241,7 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         md += ["", f"## A waiter SIGKILLed while queued (--ttl {g['ttl_s']}s): holder's child "
                "ends -> the next live waiter's child starts (ms)", "",
                "The dead waiter's key keeps its place until its lease expires; nothing on its "
-               "host is left to revoke it (a waiter has no watchdog). Documented in "
+               "host is left to revoke it (a waiter's watchdog is not armed). Documented in "
                "docs/guarantees.md.", "",
                _table([["tool", "n", "p50", "max"]]
                       + [[k, str(g[k]["n"]), f"{g[k]['p50']:.0f}", f"{g[k]['max']:.0f}"]
