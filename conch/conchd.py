@@ -292,16 +292,15 @@ class Run:
             return not_run(code, f"cannot run {job.cmd[0]!r}: {why}")
         child = Child(popen)
         assert popen.stdout is not None
-        reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
-        popen.stdout.close()
-        try:
+        try:  # at once: until this write, a conchd that dies leaves the child unwatched
             wd.arm(child.pgid, job.kill_after, math.inf)
         except OSError as e:
             child.terminate_group(job.kill_after)  # never run a child unwatched
             wd.disarm()
-            reader.start()
-            reader.join(2.0)
+            popen.stdout.close()
             return not_run(EXIT_OSERR, f"the watchdog died before it was armed: {e}")
+        reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
+        popen.stdout.close()
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
                  shlex.join(job.cmd))  # fmt: skip
         reader.start()

@@ -324,15 +324,15 @@ def hold(
             wd = spare or Watchdog.spawn()
         except OSError as e:
             raise ConchError(f"cannot start the watchdog: {_oserror(e)}", EXIT_OSERR) from e
+        # if conch dies, the watchdog kills the group and then revokes the lease
+        revoke = document(client.config, session.lease_id)
         try:
             started = time.monotonic()
             child = Child.spawn(spec.cmd, env)
         except BaseException:
             wd.disarm()
             raise
-        try:
-            # if conch dies, the watchdog kills the group and then revokes the lease
-            revoke = document(client.config, session.lease_id)
+        try:  # at once: until this write, a conch that dies leaves the child unwatched
             wd.arm(child.pgid, spec.kill_after, session.deadline(), revoke=revoke)
         except OSError as e:
             child.terminate_group(spec.kill_after)  # never leave a child unwatched
