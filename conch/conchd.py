@@ -53,6 +53,9 @@ CLAIM_TIMEOUT = 5.0  # longest single claim transaction
 STOP_SPARE = 3.0  # on stopping, beyond the runs' bound: for the other threads to end
 RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
 MAX_LINE = 8192  # longer output lines are logged in pieces
+# run by /bin/sh as the child: the command is exec'd once a line arrives on stdin (the gate)
+_GATE = 'IFS= read -r _ || exit 125; exec "$@" </dev/null'
+
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
 _NO_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
@@ -245,7 +248,7 @@ class Run:
             self.daemon.run_finished(self)
 
     def _execute(self) -> cron.RunRecord:
-        from conch.supervisor import Child
+        from conch.supervisor import Child, check_runnable
         from conch.watchdog import Watchdog
 
         job, d = self.job, self.daemon
@@ -271,17 +274,23 @@ class Run:
             wd = Watchdog.spawn()
         except OSError as e:
             return not_run(EXIT_OSERR, f"cannot start the watchdog: {e.strerror or e}")
+        # The gate: the child is a shell that execs the command only once it reads a line on
+        # its stdin — written after the watchdog is armed. A conchd that dies before closes
+        # the pipe: the shell reads EOF and exits 125, and the command never starts.
+        gate_r, gate_w = os.pipe()
         try:
+            check_runnable(job.cmd[0], env)
             popen = subprocess.Popen(
-                list(job.cmd),
+                ["/bin/sh", "-c", _GATE, "conchd", *job.cmd],
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=gate_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
             )
         except (OSError, ValueError) as e:
+            os.close(gate_w)
             wd.disarm()
             code = 126
             if isinstance(e, OSError) and e.errno in _NOT_FOUND:
@@ -290,15 +299,21 @@ class Run:
                 code = EXIT_OSERR
             why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
             return not_run(code, f"cannot run {job.cmd[0]!r}: {why}")
+        finally:
+            os.close(gate_r)
         child = Child(popen)
         assert popen.stdout is not None
-        try:  # at once: until this write, a conchd that dies leaves the child unwatched
+        try:
             wd.arm(child.pgid, job.kill_after, math.inf)
         except OSError as e:
-            child.terminate_group(job.kill_after)  # never run a child unwatched
+            os.close(gate_w)  # the command never starts
+            child.terminate_group(job.kill_after)
             wd.disarm()
             popen.stdout.close()
             return not_run(EXIT_OSERR, f"the watchdog died before it was armed: {e}")
+        with contextlib.suppress(OSError):  # EPIPE: the shell is gone already
+            os.write(gate_w, b"\n")
+        os.close(gate_w)
         reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
         popen.stdout.close()
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,

@@ -68,6 +68,28 @@ def _unignore_sigchld() -> None:
         pass
 
 
+def check_runnable(cmd0: str, env: dict[str, str]) -> None:
+    """Raise the OSError that an exec of `cmd0` would (ENOENT, EACCES), looking it up in the
+    PATH of `env` as execvp does; ValueError for an embedded NUL. For commands exec'd later
+    by a gate (conchd), whose failure must still be reported as before anything ran."""
+    if "/" in cmd0:
+        candidates = [cmd0]
+    else:
+        path = env.get("PATH", os.defpath)
+        candidates = [os.path.join(d or ".", cmd0) for d in path.split(os.pathsep)]
+    denied = False
+    for c in candidates:
+        if os.path.isdir(c):
+            denied = True  # execve of a directory: EACCES
+        elif os.path.exists(c):
+            if os.access(c, os.X_OK):
+                return
+            denied = True
+    if denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), cmd0)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cmd0)
+
+
 class Child:
     """A child process leading its own process group (pgid == pid)."""
 

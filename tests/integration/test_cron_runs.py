@@ -93,3 +93,27 @@ def test_output_is_logged_by_line_and_its_tail_kept(conch, daemons, client, pref
     log = daemons.log("d")
     assert "[talk] first line" in log and "[talk] second line" in log
     assert "[talk] " + "x" * 8192 in log  # the long line, in pieces of 8 KiB
+
+
+def test_the_gate_runs_the_command_only_after_the_go_ahead(tmp_path):
+    """conchd's child is a shell that execs the command once it reads a line on its stdin,
+    written after the watchdog is armed: a conchd that dies before (the pipe closes) leaves
+    nothing running (cron invariant seed 338182 found that window open)."""
+    import os
+    import subprocess
+
+    from conch.conchd import _GATE
+
+    for go in (b"\n", b""):
+        ran = tmp_path / f"ran{len(go)}"
+        r, w = os.pipe()
+        p = subprocess.Popen(["/bin/sh", "-c", _GATE, "conchd", SH, "-c", f"cat; touch {ran}"],
+                             stdin=r, start_new_session=True)  # fmt: skip
+        os.close(r)
+        os.write(w, go)
+        os.close(w)
+        code = p.wait(10)
+        if go:  # the command ran, with /dev/null as its stdin (cat ends at once)
+            assert code == 0 and ran.exists()
+        else:  # the pipe closed without a line: the command never started
+            assert code == 125 and not ran.exists()
