@@ -12,7 +12,6 @@ and writes the result. The design and every decision are in docs/cron.md.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -20,7 +19,6 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import threading
 import time
 import unicodedata
@@ -53,11 +51,6 @@ CLAIM_TIMEOUT = 5.0  # longest single claim transaction
 STOP_SPARE = 3.0  # on stopping, beyond the runs' bound: for the other threads to end
 RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
 MAX_LINE = 8192  # longer output lines are logged in pieces
-# run by /bin/sh as the child: the command is exec'd once a line arrives on stdin (the gate)
-_GATE = 'IFS= read -r _ || exit 125; exec "$@" </dev/null'
-
-_NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
-_NO_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,7 +241,7 @@ class Run:
             self.daemon.run_finished(self)
 
     def _execute(self) -> cron.RunRecord:
-        from conch.supervisor import Child, check_runnable
+        from conch.supervisor import Child
         from conch.watchdog import Watchdog
 
         job, d = self.job, self.daemon
@@ -274,48 +267,29 @@ class Run:
             wd = Watchdog.spawn()
         except OSError as e:
             return not_run(EXIT_OSERR, f"cannot start the watchdog: {e.strerror or e}")
-        # The gate: the child is a shell that execs the command only once it reads a line on
-        # its stdin — written after the watchdog is armed. A conchd that dies before closes
-        # the pipe: the shell reads EOF and exits 125, and the command never starts.
-        gate_r, gate_w = os.pipe()
+        # the child waits at its gate until the watchdog is armed: a conchd that dies before
+        # closes the gate, and the command never starts
+        out_r, out_w = os.pipe()
         try:
-            check_runnable(job.cmd[0], env)
-            popen = subprocess.Popen(
-                ["/bin/sh", "-c", _GATE, "conchd", *job.cmd],
-                env=env,
-                stdin=gate_r,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except (OSError, ValueError) as e:
-            os.close(gate_w)
+            with open(os.devnull, "rb") as devnull:
+                child = Child.spawn(
+                    job.cmd, env, stdin=devnull.fileno(), stdout=out_w, stderr=out_w
+                )
+        except ConchError as e:
+            os.close(out_r)
             wd.disarm()
-            code = 126
-            if isinstance(e, OSError) and e.errno in _NOT_FOUND:
-                code = 127
-            elif isinstance(e, OSError) and e.errno in _NO_RESOURCES:
-                code = EXIT_OSERR
-            why = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-            return not_run(code, f"cannot run {job.cmd[0]!r}: {why}")
+            return not_run(e.exit_code, str(e))
         finally:
-            os.close(gate_r)
-        child = Child(popen)
-        assert popen.stdout is not None
+            os.close(out_w)
         try:
             wd.arm(child.pgid, job.kill_after, math.inf)
         except OSError as e:
-            os.close(gate_w)  # the command never starts
-            child.terminate_group(job.kill_after)
+            child.terminate_group(job.kill_after)  # closes the gate: the command never ran
             wd.disarm()
-            popen.stdout.close()
+            os.close(out_r)
             return not_run(EXIT_OSERR, f"the watchdog died before it was armed: {e}")
-        with contextlib.suppress(OSError):  # EPIPE: the shell is gone already
-            os.write(gate_w, b"\n")
-        os.close(gate_w)
-        reader = OutputReader(os.dup(popen.stdout.fileno()), job.name)
-        popen.stdout.close()
+        child.open_gate()
+        reader = OutputReader(out_r, job.name)
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
                  shlex.join(job.cmd))  # fmt: skip
         reader.start()

@@ -332,15 +332,18 @@ def hold(
         except BaseException:
             wd.disarm()
             raise
-        try:  # at once: until this write, a conch that dies leaves the child unwatched
+        # the child waits at its gate: a conch that dies before opening it closes the gate,
+        # and the command never starts
+        try:
             wd.arm(child.pgid, spec.kill_after, session.deadline(), revoke=revoke)
         except OSError as e:
-            child.terminate_group(spec.kill_after)  # never leave a child unwatched
+            child.terminate_group(spec.kill_after)  # closes the gate: the command never ran
             wd.disarm()
             raise ConchError(
-                f"the watchdog died before it was armed ({_oserror(e)}): child killed",
+                f"the watchdog died before it was armed ({_oserror(e)}): command not run",
                 EXIT_OSERR,
             ) from e
+        child.open_gate()
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
         # started after the child (off the hand-over's path), it misses nothing: it watches

@@ -1,11 +1,18 @@
-"""Run the child in a process group of its own, signal the whole group, and reap it.
+"""Run the child in a process group of its own, held at a gate until its watchdog is armed,
+signal the whole group, and reap it.
 
-The child is started with ``start_new_session=True`` (setsid), never with ``preexec_fn``: with
-a ``preexec_fn`` CPython forks instead of vfork/exec'ing, which is unsafe in a process running
-grpc threads. Being a session leader, the child has no controlling terminal: terminal signals
-(Ctrl-C, hangup) reach conch only, which forwards them to the group; a child that reads its
-inherited stdin from a terminal still can (it is not a background job of that terminal, so it
-is never stopped by SIGTTIN).
+The child is started with ``posix_spawn`` in a new session (setsid), never with a fork that
+runs Python code (``preexec_fn``), which is unsafe in a process running grpc threads. Being a
+session leader, the child has no controlling terminal: terminal signals (Ctrl-C, hangup)
+reach conch only, which forwards them to the group; a child that reads its inherited stdin
+from a terminal still can (it is not a background job of that terminal, so it is never
+stopped by SIGTTIN).
+
+The gate closes the instant between starting a child and arming its watchdog, in which a
+conch killed would leave the command running unwatched: the process spawned is ``/bin/sh``
+reading one line from a pipe on fd 3, and only then exec'ing the command (same pid, same
+argv, no shell interpretation). The caller arms the watchdog, then opens the gate; if it
+dies first, the pipe closes and the shell exits 125 without running anything.
 
 Waiting never blocks in ``waitpid``: the child is reaped with ``WNOHANG`` only, and the wait
 itself sleeps on a pidfd (Linux ≥ 5.3) or polls in short sleeps. Signal handlers (which run in
@@ -18,11 +25,12 @@ as daemonizing programs do — escapes every group signal here, and conch cannot
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 
@@ -70,8 +78,8 @@ def _unignore_sigchld() -> None:
 
 def check_runnable(cmd0: str, env: dict[str, str]) -> None:
     """Raise the OSError that an exec of `cmd0` would (ENOENT, EACCES), looking it up in the
-    PATH of `env` as execvp does; ValueError for an embedded NUL. For commands exec'd later
-    by a gate (conchd), whose failure must still be reported as before anything ran."""
+    PATH of `env` as execvp does. The gate shell execs the command later; a command that cannot
+    run must still be reported as such, before anything started."""
     if "/" in cmd0:
         candidates = [cmd0]
     else:
@@ -90,14 +98,62 @@ def check_runnable(cmd0: str, env: dict[str, str]) -> None:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cmd0)
 
 
-class Child:
-    """A child process leading its own process group (pgid == pid)."""
+# The gate: a shell that execs the command only after a line arrives on fd 3, then closes
+# fd 3 so the command never sees it; EOF (the spawner is gone) means the command never runs.
+GATE_FD = 3
+GATE_EXIT = 125
+_GATE_SCRIPT = f'IFS= read -r _ <&{GATE_FD} || exit {GATE_EXIT}; exec {GATE_FD}<&-; exec "$@"'
+_SHELL = "/bin/sh"
+# Python ignores these; the command gets them at their default, as subprocess would give them
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.pid: int = popen.pid
-        self.pgid: int = popen.pid  # setsid made it the leader of a new session and group
+
+def _inheritable_fds() -> list[int]:
+    """This process's descriptors above stdio that an exec would pass on (close_fds)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    fds = []
+    for name in names:
+        fd = int(name)
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+    return fds
+
+
+def _spawn_gated(argv: list[str], env: dict[str, str], gate: int, stdio: dict[int, int]) -> int:
+    """posix_spawn the gate shell for `argv` in a new session; `stdio` maps 0/1/2 to the
+    descriptors to give the child. Returns its pid."""
+    wanted = {**stdio, GATE_FD: gate}
+    # copies above every target, so that no dup2 overwrites another's source
+    copies = {n: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for n, fd in wanted.items()}
+    try:
+        actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+        actions += [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in copies.items()]
+        return os.posix_spawn(
+            _SHELL,
+            ["sh", "-c", _GATE_SCRIPT, "conch", *argv],
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=_RESTORED_SIGNALS,
+        )
+    finally:
+        for fd in copies.values():
+            os.close(fd)
+
+
+class Child:
+    """A child process leading its own process group (pgid == pid), held at a gate until
+    :meth:`open_gate`."""
+
+    def __init__(self, pid: int, gate: int | None = None) -> None:
+        self.pid: int = pid
+        self.pgid: int = pid  # setsid made it the leader of a new session and group
         self.returncode: int | None = None
+        self._gate = gate  # the write end of the gate pipe, until opened or closed
         self._lock = threading.RLock()
         self._pidfd = _open_pidfd(self.pid)
 
@@ -105,8 +161,21 @@ class Child:
         return f"<Child pid={self.pid} returncode={self.returncode}>"
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str]) -> Child:
-        """Start `argv` (no shell; PATH looked up in `env`) with inherited stdio.
+    def spawn(
+        cls,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> Child:
+        """Start `argv` (no shell; PATH looked up in `env`) held at the gate: the process is a
+        ``/bin/sh`` that execs `argv` once :meth:`open_gate` is called, and exits 125 without
+        running it if the gate is closed first — or if this process dies, which closes the
+        pipe. Arm the watchdog in between: a crash can then never leave the command running
+        unwatched. Stdio is inherited unless a file descriptor is given; no other descriptor
+        is (the gate's, fd 3, is closed before the exec).
 
         Raises ConchError with exit code 127 if the command is not found, 71 (EX_OSERR) if the
         system refused a process or file descriptor (EAGAIN at a pids limit, EMFILE), 126 if it
@@ -114,16 +183,49 @@ class Child:
         containing NUL."""
         if not argv or not argv[0]:
             raise UsageError("no command to run")
+        if any("\0" in a for a in argv):
+            raise UsageError(f"cannot run {argv[0]!r}: embedded null byte")
         _unignore_sigchld()
         try:
-            popen = subprocess.Popen(argv, env=env, start_new_session=True, close_fds=True)
-        except ValueError as e:  # e.g. an embedded NUL byte
+            check_runnable(argv[0], env)
+            gate_r, gate_w = os.pipe()
+            try:
+                stdio = {0: stdin, 1: stdout, 2: stderr}
+                fds = {n: fd for n, fd in stdio.items() if fd is not None}
+                pid = _spawn_gated(argv, env, gate_r, fds)
+            except BaseException:
+                os.close(gate_w)
+                raise
+            finally:
+                os.close(gate_r)
+        except ValueError as e:  # e.g. an embedded NUL byte in the environment
             raise UsageError(f"cannot run {argv[0]!r}: {e}") from e
         except OSError as e:
             reason = e.strerror or str(e)
             code = 127 if e.errno in _NOT_FOUND else EXIT_OSERR if e.errno in _NO_RESOURCES else 126
             raise ConchError(f"cannot run {argv[0]!r}: {reason}", exit_code=code) from e
-        return cls(popen)
+        return cls(pid, gate_w)
+
+    # --- the gate -------------------------------------------------------------------------------
+
+    def open_gate(self) -> None:
+        """Let the held child exec its command (once; a child already gone is not an error)."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        try:
+            with contextlib.suppress(OSError):  # EPIPE: the shell is gone already
+                os.write(gate, b"\n")
+        finally:
+            os.close(gate)
+
+    def close_gate(self) -> None:
+        """Never let the command start: a child still at the gate exits 125."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is not None:
+            os.close(gate)
 
     # --- the child itself ---------------------------------------------------------------------
 
@@ -140,7 +242,6 @@ class Child:
             if pid == 0:
                 return None
             self.returncode = os.waitstatus_to_exitcode(status)
-            self._popen.returncode = self.returncode  # so Popen never waits on a reused pid
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -195,6 +296,7 @@ class Child:
                 self._sleep_on_child(min(_POLL * 5, remaining))
 
     def _kill_sequence(self, kill_after: float, sig: int) -> None:
+        self.close_gate()
         self.signal_group(sig)
         if sig not in (signal.SIGKILL, signal.SIGCONT):
             self.signal_group(signal.SIGCONT)  # stopped members must see the signal now

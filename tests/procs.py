@@ -20,6 +20,15 @@ def read(path: Path) -> str:
         return ""
 
 
+def state(pid: int) -> str:
+    """The process's state letter from /proc (R, S, T for stopped, Z, ...), "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def children_running(parent: int, needle: bytes) -> list[int]:
     """Pids of `parent`'s child processes whose command line contains `needle`."""
     out = []

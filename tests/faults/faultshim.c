@@ -22,6 +22,13 @@
  * vfork()ed child (sharing the parent's memory): so everything is read and resolved in the
  * constructor, and the exec wrappers only compare strings and call through a pointer.
  *
+ * Stop after a spawn. If CONCH_FAULTSHIM_STOP_AFTER_SPAWN is a non-empty string, a
+ * posix_spawn or posix_spawnp that started a child whose argv has an element containing it
+ * then stops the calling process (raise(SIGSTOP): every thread stops, the caller before it
+ * returns): the process is frozen in the instant after the spawn, for the test to kill or
+ * continue (conch and conchd spawn a command's process with posix_spawn, then arm its
+ * watchdog).
+ *
  * Limits: only calls through the dynamic linker are seen. Statically linked programs, Go
  * programs (etcd, etcdctl: raw syscalls and the vDSO), direct syscall(2)s and glibc-internal
  * calls (system() and popen() spawn via an internal posix_spawn) are not affected. Absolute
@@ -33,6 +40,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -68,8 +76,9 @@ static int (*real_posix_spawnp)(pid_t *, const char *, const posix_spawn_file_ac
                                 const posix_spawnattr_t *, char *const[], char *const[]);
 
 #define FAIL_EXEC_MAX 4096
-static char fail_exec[FAIL_EXEC_MAX]; /* empty: exec failure off */
+static char fail_exec[FAIL_EXEC_MAX];        /* empty: exec failure off */
 static int fail_errno = EAGAIN;
+static char stop_after_spawn[FAIL_EXEC_MAX]; /* empty: stop after spawn off */
 
 static void resolve(void) {
     real_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
@@ -107,18 +116,25 @@ static void load_control(void) {
     close(fd);
 }
 
-static void load_fail_exec(void) {
-    const char *s = getenv("CONCH_FAULTSHIM_FAIL_EXEC");
+/* Copy environment variable `name` into `buf` (FAIL_EXEC_MAX bytes); unset or too long to
+ * match exactly: empty (rather match nothing than too much). */
+static void load_pattern(const char *name, char *buf) {
+    const char *s = getenv(name);
+    size_t n = 0;
     if (s == NULL)
         return;
-    size_t n = 0;
     while (s[n] != '\0' && n < FAIL_EXEC_MAX - 1) {
-        fail_exec[n] = s[n];
+        buf[n] = s[n];
         n++;
     }
-    if (s[n] != '\0') /* too long to match exactly: rather match nothing than too much */
+    if (s[n] != '\0')
         n = 0;
-    fail_exec[n] = '\0';
+    buf[n] = '\0';
+}
+
+static void load_fail_exec(void) {
+    load_pattern("CONCH_FAULTSHIM_FAIL_EXEC", fail_exec);
+    load_pattern("CONCH_FAULTSHIM_STOP_AFTER_SPAWN", stop_after_spawn);
     const char *e = getenv("CONCH_FAULTSHIM_FAIL_EXEC_ERRNO");
     if (e != NULL && *e != '\0') {
         char *end;
@@ -246,13 +262,26 @@ static int contains(const char *hay, const char *needle) {
     return 0;
 }
 
-static int must_fail(char *const argv[]) {
-    if (fail_exec[0] == '\0' || argv == NULL)
+static int argv_has(char *const argv[], const char *pattern) {
+    if (pattern[0] == '\0' || argv == NULL)
         return 0;
     for (size_t i = 0; argv[i] != NULL; i++)
-        if (contains(argv[i], fail_exec))
+        if (contains(argv[i], pattern))
             return 1;
     return 0;
+}
+
+static int must_fail(char *const argv[]) {
+    return argv_has(argv, fail_exec);
+}
+
+/* A spawn that started a child (rc 0) whose argv matches: freeze the caller right here.
+ * raise() signals the calling thread, which then stops before it returns to user code; a
+ * kill() of the process could be taken by another thread, letting this one run on a while. */
+static int stop_if_wanted(int rc, char *const argv[]) {
+    if (rc == 0 && argv_has(argv, stop_after_spawn))
+        raise(SIGSTOP);
+    return rc;
 }
 
 #define FAIL_OR_CALL(real, ...)                                                                \
@@ -325,7 +354,7 @@ int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *
         return fail_errno;
     if (real_posix_spawn == NULL)
         return ENOSYS;
-    return real_posix_spawn(pid, path, actions, attr, argv, envp);
+    return stop_if_wanted(real_posix_spawn(pid, path, actions, attr, argv, envp), argv);
 }
 
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
@@ -334,5 +363,5 @@ int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t 
         return fail_errno;
     if (real_posix_spawnp == NULL)
         return ENOSYS;
-    return real_posix_spawnp(pid, file, actions, attr, argv, envp);
+    return stop_if_wanted(real_posix_spawnp(pid, file, actions, attr, argv, envp), argv);
 }

@@ -13,7 +13,9 @@ What the process sees: CLOCK_REALTIME (so time.time(), datetime.now(), gettimeof
 `date`) + the realtime offset; CLOCK_BOOTTIME + the boottime offset; CLOCK_MONOTONIC
 untouched. With `fail_exec=S`, every exec or posix_spawn whose argv has an element containing
 S fails with EAGAIN (or `fail_errno`) without running anything: subprocess.Popen raises
-OSError(EAGAIN) in the parent, a shell reports the failure of that command.
+OSError(EAGAIN) in the parent, a shell reports the failure of that command. With
+`stop_after_spawn=S`, a posix_spawn that started a child whose argv has S stops the caller
+(SIGSTOP to itself) at once: frozen in the instant after the spawn.
 
 Limits (details in faultshim.c): dynamically linked programs only (not Go binaries such as
 etcd and etcdctl, not raw syscalls); the offsets are the same for every process sharing a
@@ -40,6 +42,7 @@ SOURCE = Path(__file__).with_name("faultshim.c")
 CONTROL_ENV = "CONCH_FAULTSHIM_CONTROL"
 FAIL_EXEC_ENV = "CONCH_FAULTSHIM_FAIL_EXEC"
 FAIL_ERRNO_ENV = "CONCH_FAULTSHIM_FAIL_EXEC_ERRNO"
+STOP_AFTER_SPAWN_ENV = "CONCH_FAULTSHIM_STOP_AFTER_SPAWN"
 
 # struct faultshim_control in faultshim.c: magic, seq (seqlock), realtime_ns, boottime_ns
 _MAGIC = b"CONCHFS1"
@@ -197,13 +200,15 @@ def shim_env(
     fail_exec: str | None = None,
     fail_errno: int | None = None,
     base: dict[str, str] | None = None,
+    stop_after_spawn: str | None = None,
 ) -> dict[str, str]:
     """Environment additions that load the shim into a process (and its children).
 
     LD_PRELOAD is `lib` appended to the LD_PRELOAD of `base` (default: os.environ). Merge the
     result over the process's environment: `env={**conch_env, **shim_env(lib, clock)}`.
     `fail_exec`: a non-empty substring; execs whose argv contains it fail with `fail_errno`
-    (default EAGAIN).
+    (default EAGAIN). `stop_after_spawn`: a non-empty substring; a posix_spawn that started
+    a child whose argv contains it then stops the caller (SIGSTOP to itself).
     """
     base = dict(os.environ) if base is None else base
     preload = [p for p in base.get("LD_PRELOAD", "").replace(":", " ").split() if p]
@@ -216,4 +221,8 @@ def shim_env(
         env[FAIL_EXEC_ENV] = fail_exec
     if fail_errno is not None:
         env[FAIL_ERRNO_ENV] = str(int(fail_errno))
+    if stop_after_spawn is not None:
+        if not stop_after_spawn:
+            raise ValueError("stop_after_spawn must be a non-empty substring")
+        env[STOP_AFTER_SPAWN_ENV] = stop_after_spawn
     return env

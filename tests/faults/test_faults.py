@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import wait_for
 
@@ -571,6 +573,36 @@ def test_failing_exec(faultshim_lib: Path, fail_errno: int | None) -> None:
         timeout=30,
     )
     assert mark not in r.stdout and "rc=0" not in r.stdout and "rc=" in r.stdout, r
+
+
+STOPPING_SPAWNS = """
+import os, sys
+mark = os.environ["MARK"]  # never in this process's own argv
+os.waitpid(os.posix_spawn("/bin/true", ["true"], os.environ), 0)  # no mark: goes on
+pid = os.posix_spawn("/bin/true", ["true", mark], os.environ)  # stops here until SIGCONT
+print(pid, flush=True)
+"""
+
+
+def test_stop_after_spawn_freezes_the_caller_once_the_child_exists(faultshim_lib: Path) -> None:
+    mark = "conch-faultshim-stop-mark"
+    env = child_env(lib=faultshim_lib, stop_after_spawn=mark)
+    p = subprocess.Popen(
+        [sys.executable, "-c", STOPPING_SPAWNS],
+        env={**env, "MARK": mark},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: procs.state(p.pid) == "T", timeout=30, what="the caller to stop")
+        (child,) = procs.children_running(p.pid, b"")  # it exists (a zombie by now)
+        p.send_signal(signal.SIGCONT)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 0 and int(out) == child
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.wait(10)
 
 
 def test_lose_answers_drops_only_the_chosen_calls_answer(etcd, make_proxy, prefix):

@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import pid_gone, wait_for
 from faults.shim import shim_env
-from procs import children_running
+from procs import children_running, state
 from test_cron import SH, add, records
 
 from conch import cron
@@ -95,25 +95,19 @@ def test_output_is_logged_by_line_and_its_tail_kept(conch, daemons, client, pref
     assert "[talk] " + "x" * 8192 in log  # the long line, in pieces of 8 KiB
 
 
-def test_the_gate_runs_the_command_only_after_the_go_ahead(tmp_path):
-    """conchd's child is a shell that execs the command once it reads a line on its stdin,
-    written after the watchdog is armed: a conchd that dies before (the pipe closes) leaves
-    nothing running (cron invariant seed 338182 found that window open)."""
-    import os
-    import subprocess
-
-    from conch.conchd import _GATE
-
-    for go in (b"\n", b""):
-        ran = tmp_path / f"ran{len(go)}"
-        r, w = os.pipe()
-        p = subprocess.Popen(["/bin/sh", "-c", _GATE, "conchd", SH, "-c", f"cat; touch {ran}"],
-                             stdin=r, start_new_session=True)  # fmt: skip
-        os.close(r)
-        os.write(w, go)
-        os.close(w)
-        code = p.wait(10)
-        if go:  # the command ran, with /dev/null as its stdin (cat ends at once)
-            assert code == 0 and ran.exists()
-        else:  # the pipe closed without a line: the command never started
-            assert code == 125 and not ran.exists()
+def test_a_conchd_killed_before_arming_the_watchdog_leaves_nothing_running(
+    conch, daemons, tmp_path, faultshim_lib
+):
+    """conchd spawns a run's process, then arms its watchdog: a conchd killed in between
+    would leave the command running, watched by nothing (cron invariant seed 338182). The
+    child waits at a gate until the watchdog is armed; the killed conchd closes it and the
+    command never starts."""
+    ran = tmp_path / "ran"
+    add(conch, "gated", "@every 1s", "--", SH, "-c", f"touch {ran}")
+    d = daemons.start("d", env=shim_env(faultshim_lib, stop_after_spawn=str(ran)))
+    wait_for(lambda: state(d.pid) == "T", timeout=30, what="conchd frozen right after a spawn")
+    (child,) = children_running(d.pid, str(ran).encode())
+    d.kill()
+    d.wait(10)
+    wait_for(lambda: pid_gone(child), what="the child to end at the closed gate")
+    assert not ran.exists()

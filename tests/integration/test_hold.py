@@ -8,9 +8,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import pid_gone, wait_for
 from faults.shim import shim_env
-from procs import read, watchdog_of
+from procs import children_running, read, state, watchdog_of
 
 SH = "/bin/sh"
 
@@ -99,6 +100,34 @@ def test_a_watchdog_that_cannot_start_means_nothing_runs(conch, tmp_path, faults
     assert "watchdog" in r.stderr and "Traceback" not in r.stderr
     assert not ran.exists()
     assert conch.run("elect", "no-wd", "--who").returncode == 1
+
+
+# -- a conch killed between the spawn and the watchdog's arming: the gate ------------------------
+
+
+@pytest.mark.parametrize("killed", [True, False], ids=["killed", "continued"])
+def test_a_conch_killed_before_arming_the_watchdog_leaves_nothing_running(
+    conch, tmp_path, faultshim_lib, killed
+):
+    """conch spawns the child's process, then arms its watchdog. Killed in between, the
+    watchdog is not armed (it ends quietly) and nothing would ever kill the child: an overlap
+    not bounded by the TTL (cron invariant seed 338182 found this window in conchd). The child
+    waits at a gate until the watchdog is armed; a conch killed first closes it, and the
+    command never starts. A conch frozen there and continued runs the command as usual."""
+    ran = tmp_path / "ran"
+    p = conch.start("elect", "gate", "--", SH, "-c", f"touch {ran}",
+                    env=shim_env(faultshim_lib, stop_after_spawn=str(ran)))  # fmt: skip
+    wait_for(lambda: state(p.pid) == "T", what="conch frozen right after the spawn")
+    (child,) = children_running(p.pid, str(ran).encode())
+    if killed:
+        p.kill()
+        p.wait(10)
+        wait_for(lambda: pid_gone(child), what="the child to end at the closed gate")
+        assert not ran.exists()
+    else:
+        p.send_signal(signal.SIGCONT)
+        assert p.wait(30) == 0, p.stderr.read()
+        assert ran.exists()
 
 
 # -- a suspended host (item 6): the shim moves CLOCK_BOOTTIME, not CLOCK_MONOTONIC ---------------

@@ -7,6 +7,7 @@ the etcd-backed suites on small machines; waits poll with deadlines, never fixed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from procs import state
 
 from conch.errors import ConchError
 from conch.supervisor import Child, exit_code_for
@@ -147,6 +149,7 @@ class Tracker:
         c = Child.spawn(argv, dict(os.environ))
         self.children.append(c)
         self.pgids.append(c.pgid)
+        c.open_gate()
         return c
 
     def cleanup(self) -> None:
@@ -207,6 +210,7 @@ def test_child_gets_the_given_environment(tracker: Tracker, tmp_path: Path) -> N
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CONCH_REV": "42"}
     c = Child.spawn(["sh", "-c", f'echo "$CONCH_REV" > {out}'], env)
     tracker.children.append(c)
+    c.open_gate()
     assert c.wait(10 + SLACK) == 0
     assert out.read_text() == "42\n"
 
@@ -252,6 +256,66 @@ def test_empty_command_is_a_usage_error() -> None:
     with pytest.raises(ConchError) as ei:
         Child.spawn([], dict(os.environ))
     assert ei.value.exit_code == 2
+
+
+# --- the gate -------------------------------------------------------------------------------------
+
+# prints its argv and, for each descriptor number given in FDS, whether it is open
+ARGV_AND_FDS = (
+    "import json, os, sys\n"
+    "def is_open(fd):\n"
+    "    try:\n"
+    "        os.fstat(fd)\n"
+    "        return True\n"
+    "    except OSError:\n"
+    "        return False\n"
+    "fds = [int(n) for n in os.environ['FDS'].split()]\n"
+    "print(json.dumps([sys.argv[1:], {fd: is_open(fd) for fd in fds}]))\n"
+)
+
+
+def test_the_command_waits_at_the_gate_until_it_opens(tracker: Tracker, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    c = Child.spawn(["sh", "-c", f"touch {ran}"], dict(os.environ))
+    tracker.children.append(c)
+    # the gate shell is blocked reading its pipe: sleeping, and the command not run
+    wait_until(lambda: state(c.pid) == "S", 10 + SLACK, "the gate shell to block")
+    assert c.poll() is None and not ran.exists()
+    c.open_gate()
+    assert c.wait(10 + SLACK) == 0 and ran.exists()
+    assert c.pid == c.pgid  # the command ran in the gate shell's process: same pid
+
+
+def test_a_closed_gate_never_runs_the_command(tracker: Tracker, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    c = Child.spawn(["sh", "-c", f"touch {ran}"], dict(os.environ))
+    tracker.children.append(c)
+    c.close_gate()  # as when conch dies: the pipe's last writer is gone
+    assert c.wait(10 + SLACK) == 125 and not ran.exists()
+    c.open_gate()  # too late, and harmless
+
+
+def test_the_command_gets_its_argv_verbatim_and_no_extra_descriptors(tmp_path: Path) -> None:
+    """argv reaches the command untouched (no shell interpretation); stdio as given; the
+    gate's fd 3 and any inheritable descriptor of the spawner are closed."""
+    inheritable = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(inheritable, True)
+    out_r, out_w = os.pipe()
+    args = ["a b", "$HOME", "*", "", "-n", "'\"", "\\"]
+    try:
+        env = dict(os.environ, FDS=f"3 {inheritable}")
+        with open(os.devnull, "rb") as null:
+            c = Child.spawn([sys.executable, "-c", ARGV_AND_FDS, *args], env,
+                            stdin=null.fileno(), stdout=out_w, stderr=out_w)  # fmt: skip
+        os.close(out_w)
+        c.open_gate()
+        assert c.wait(10 + SLACK) == 0
+        with os.fdopen(out_r, "rb") as f:
+            got_args, fds = json.loads(f.read())
+    finally:
+        os.close(inheritable)
+    assert got_args == args
+    assert fds == {"3": False, str(inheritable): False}
 
 
 # --- terminate_group ------------------------------------------------------------------------------
@@ -419,6 +483,7 @@ FAKE_CONCH = textwrap.dedent(
         [sys.executable, "-c", os.environ["CONCH_TEST_CHILD"], out, ignore, "1", ignore],
         dict(os.environ),
     )
+    child.open_gate()
     while not os.path.exists(out + ".ready"):
         time.sleep(0.01)
     wd = Watchdog.start(child.pgid, kill_after, clock() + ahead)
