@@ -1,5 +1,5 @@
-"""Memory: RSS of a waiting and of a holding contender (conch: with its watchdog), and the
-CPU an idle waiter uses.
+"""Memory: RSS of a waiting and of a holding contender (conch: with its watchdog; the next in
+line also with its child's process, held at the gate), and the CPU an idle waiter uses.
 
 A holder runs `sleep`; one waiter queues behind it. RSS is read from /proc/PID/status (VmRSS)
 once the waiter is queued, so both are in their steady state; the waiter's CPU time is the sum
@@ -48,7 +48,8 @@ def command_of(pid: int) -> str:
 
 
 def measure(tool: Tool, idle_seconds: float) -> dict[str, float]:
-    """{'waiter': MB, 'waiter+watchdog': MB (the next in line has its watchdog ready),
+    """{'waiter': MB, 'waiter+spares': MB (the next in line has its watchdog and its child's
+    process, held at the gate, ready),
     'holder': MB, 'holder+watchdog': MB, 'waiter CPU %': % of a core}."""
     name = f"memory-{tool.kind}-{next(_names)}"
     env = quiet_env()
@@ -67,10 +68,10 @@ def measure(tool: Tool, idle_seconds: float) -> dict[str, float]:
         cpu0, t0 = cpu_seconds(waiter.pid), time.monotonic()
         time.sleep(idle_seconds)  # the span measured
         busy = (cpu_seconds(waiter.pid) - cpu0) / (time.monotonic() - t0)
-        spares = [p for p in children_of(waiter.pid) if "watchdog" in command_of(p)]
+        spares = children_of(waiter.pid)  # conch: its watchdog and the child held at the gate
         return {
             "waiter": rss_mb(waiter.pid),
-            "waiter+watchdog": rss_mb(waiter.pid) + sum(rss_mb(p) for p in spares),
+            "waiter+spares": rss_mb(waiter.pid) + sum(rss_mb(p) for p in spares),
             "holder": held,
             "holder+watchdog": held + sum(rss_mb(p) for p in watchdogs),
             "waiter CPU %": 100 * busy,

@@ -203,10 +203,10 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         md += ["", "## One-shot: the whole process, uncontended", "", _table(rows)]
     if "memory" in r:
         mem = r["memory"]
-        rows = [["tool", "waiter MB", "waiter + watchdog MB", "holder MB",
+        rows = [["tool", "waiter MB", "waiter + spares MB", "holder MB",
                  "holder + watchdog MB", "idle waiter CPU (% of a core)"]]  # fmt: skip
         rows += [
-            [k, f"{v['waiter']:.1f}", f"{v.get('waiter+watchdog', v['waiter']):.1f}",
+            [k, f"{v['waiter']:.1f}", f"{v.get('waiter+spares', v['waiter']):.1f}",
              f"{v['holder']:.1f}", f"{v['holder+watchdog']:.1f}",
              f"{v['waiter CPU %']:.2f}" if "waiter CPU %" in v else "-"]
             for k, v in mem.items()

@@ -58,6 +58,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # exited), a forwarded signal, or a loss listener (keepalive, holder-key watch) wakes it at
 # once. This is only the longest sleep between two looks at the lease deadline.
 MAX_SLEEP = 1.0
+SPARE_END = 1.0  # how long a spare child that never ran may take to end at its closed gate
 
 
 @dataclass
@@ -249,34 +250,78 @@ class HoldResult:
     reason: str = ""
 
 
-class SpareWatchdog:
-    """A watchdog started while this contender is next in line, not yet armed: taking the slot
-    then only has to start the child (docs/decisions/0006). One process more, on the next
-    waiter's host only; it exits quietly when conch does."""
+class Spare:
+    """The processes a hold needs, started while this contender is next in line: its watchdog
+    (unarmed) and its child's process held at the gate (the command not yet exec'd). Taking
+    the slot then only has to arm the one and open the other (docs/decisions/0006). On the next
+    waiter's host only; both end quietly if conch dies (EOF on their pipes). `env` gives the
+    child's environment (it is known once the contender is queued)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cmd: list[str], env: Callable[[], dict[str, str]]) -> None:
+        self._cmd, self._env = cmd, env
         self._wd: Watchdog | None = None
+        self._child: Child | None = None
 
     def ready(self) -> None:
-        if self._wd is not None and self._wd.alive():
-            return
-        self.discard()
+        from conch.supervisor import Child
         from conch.watchdog import Watchdog
 
-        try:
-            self._wd = Watchdog.spawn()
-        except OSError as e:  # the hold starts one itself, and reports it if it cannot
-            log.debug("cannot start a spare watchdog: %s", _oserror(e))
+        if self._wd is None or not self._wd.alive():
+            self._discard_watchdog()
+            try:
+                self._wd = Watchdog.spawn()
+            except OSError as e:  # the hold starts one itself, and reports it if it cannot
+                log.debug("cannot start a spare watchdog: %s", _oserror(e))
+        if self._child is None or self._child.poll() is not None:
+            self._discard_child()
+            try:
+                self._child = Child.spawn(self._cmd, self._env())
+            except ConchError as e:  # the hold tries again, and reports it if it cannot
+                log.debug("cannot start the child's process ahead: %s", e)
 
-    def take(self) -> Watchdog | None:
-        """The spare, if there is one (the caller owns it from now on)."""
-        wd, self._wd = self._wd, None
-        return wd
+    def take(self) -> tuple[Watchdog | None, Child | None]:
+        """The spares, if any, each still alive (the caller owns them from now on)."""
+        if self._wd is not None and not self._wd.alive():
+            self._discard_watchdog()
+        if self._child is not None and self._child.poll() is not None:
+            self._discard_child()
+        taken = self._wd, self._child
+        self._wd = self._child = None
+        return taken
 
     def discard(self) -> None:
+        self._discard_watchdog()
+        self._discard_child()
+
+    def _discard_watchdog(self) -> None:
         wd, self._wd = self._wd, None
         if wd is not None:
             wd.disarm()
+
+    def _discard_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            discard(child)
+
+
+def discard(child: Child) -> None:
+    """End a child that never got past its gate (the shell exits 125 on the closed pipe)."""
+    child.close_gate()
+    if child.wait(SPARE_END) is None:
+        child.terminate_group(SPARE_END)
+
+
+def child_env(spec: RunSpec, c: Contention, session: Session) -> dict[str, str]:
+    """The child's environment: conch's own, plus the CONCH_* variables of this hold."""
+    env = dict(os.environ)
+    env.update(
+        CONCH_NAME=spec.name,
+        CONCH_REV=str(c.rev),
+        CONCH_LEASE=format(session.lease_id, "x"),
+        CONCH_TTL=str(session.granted_ttl),
+        **spec.extra_env,
+    )
+    return env
 
 
 def hold(
@@ -287,7 +332,7 @@ def hold(
     sig: Signals,
     rev: int,
     release: Callable[[], None] | None = None,
-    spare: Watchdog | None = None,
+    spare: tuple[Watchdog | None, Child | None] = (None, None),
 ) -> HoldResult:
     """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
 
@@ -295,40 +340,36 @@ def hold(
     signal ended it (not after a loss), before anything else is cleaned up: the successor's
     wait is then as short as it can be.
 
-    The watchdog is started before the child (a failure to start it means nothing ran) and
-    armed right after the spawn; if arming fails, the child is killed before the slot is
-    given up. `spare`: an unarmed watchdog started earlier (SpareWatchdog), used if alive.
-    Raises ConchError when the child or its watchdog cannot be started."""
+    The watchdog is started before the child (a failure to start it means nothing ran); the
+    child's process waits at its gate until the watchdog is armed, so a conch that dies in
+    between leaves nothing running; if arming fails, the child is ended before the slot is
+    given up. `spare`: the watchdog and the child's process started ahead (Spare), used if
+    still alive. Raises ConchError when the child or its watchdog cannot be started."""
     from conch.revoke import document
     from conch.supervisor import Child
     from conch.watchdog import Watchdog
 
-    env = dict(os.environ)
-    env.update(
-        CONCH_NAME=spec.name,
-        CONCH_REV=str(c.rev),
-        CONCH_LEASE=format(session.lease_id, "x"),
-        CONCH_TTL=str(session.granted_ttl),
-        **spec.extra_env,
-    )
     kw: KeyWatch | None = None
+    spare_wd, spare_child = spare
     unhook = session.on_lost(lambda _r: sig.wake.set())
     try:
-        if spare is not None and (not session.is_trusted() or not spare.alive()):
-            spare.disarm()
-            spare = None
         if not session.is_trusted():
+            if spare_wd is not None:
+                spare_wd.disarm()
+            if spare_child is not None:
+                discard(spare_child)
             reason = session.loss_reason or "lease could not be confirmed in time"
             return HoldResult(Ending.NOT_STARTED, EXIT_LEASE_LOST, reason=reason)
         try:
-            wd = spare or Watchdog.spawn()
+            wd = spare_wd or Watchdog.spawn()
         except OSError as e:
+            if spare_child is not None:
+                discard(spare_child)
             raise ConchError(f"cannot start the watchdog: {_oserror(e)}", EXIT_OSERR) from e
         # if conch dies, the watchdog kills the group and then revokes the lease
         revoke = document(client.config, session.lease_id)
         try:
-            started = time.monotonic()
-            child = Child.spawn(spec.cmd, env)
+            child = spare_child or Child.spawn(spec.cmd, child_env(spec, c, session))
         except BaseException:
             wd.disarm()
             raise
@@ -343,6 +384,7 @@ def hold(
                 f"the watchdog died before it was armed ({_oserror(e)}): command not run",
                 EXIT_OSERR,
             ) from e
+        started = time.monotonic()
         child.open_gate()
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
@@ -475,7 +517,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             lost=lambda session=session: not session.is_trusted(),
         )
         unwake = session.on_lost(lambda _r: sig.wake.set())
-        spare = SpareWatchdog()
+        spare = Spare(spec.cmd, lambda c=c, session=session: child_env(spec, c, session))
         try:
             outcome, rev = _acquire(c, spec, sig, deadline, spare)
         except EtcdError as e:
@@ -561,7 +603,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
 
 
 def _acquire(
-    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None, spare: SpareWatchdog
+    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None, spare: Spare
 ) -> tuple[Outcome, int]:
     c.enqueue()
     outcome = c.wait(

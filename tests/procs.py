@@ -69,3 +69,10 @@ def watchdog_of(conch_pid: int) -> int:
     """The pid of conch's watchdog process (a child of conch running watchdog.py), or 0."""
     found = children_running(conch_pid, b"watchdog.py")
     return found[0] if found else 0
+
+
+def gated_child_of(conch_pid: int) -> int:
+    """The pid of a child of conch (or conchd) still held at its gate (the shell's script is
+    still its command line: the command is not exec'd yet), or 0."""
+    found = children_running(conch_pid, b"IFS= read -r _ <&3")
+    return found[0] if found else 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import pid_gone, wait_for
-from procs import read, watchdog_of
+from procs import gated_child_of, read, watchdog_of
 
 from conch.localetcd import LocalCluster
 
@@ -96,32 +96,38 @@ def test_timeout_exits_75_and_removes_queue_key(conch, tmp_path, etcdctl, prefix
     assert a.wait(20) == 0
 
 
-def test_the_next_in_line_has_its_watchdog_ready_and_leaves_none_behind(conch, tmp_path):
-    """The waiter next in line starts its watchdog while it waits (the hand-over then only
-    starts the child); the second in line does not; a waiter that gives up takes its
-    watchdog with it, and the one that takes the office uses the one it had."""
-    release_a, release_c = tmp_path / "release_a", tmp_path / "release_c"
+def test_the_next_in_line_has_its_watchdog_and_child_ready_and_leaves_none_behind(conch, tmp_path):
+    """The waiter next in line starts its watchdog and its child's process (held at the gate,
+    the command not run) while it waits: the hand-over then only arms the one and opens the
+    other. The second in line starts neither; a waiter that gives up ends both, and the one
+    that takes the office uses the ones it had."""
+    release_a, release_c, ran_c = tmp_path / "release_a", tmp_path / "release_c", tmp_path / "c"
 
-    def until(f: Path) -> list[str]:
-        return [SH, "-c", f"while [ ! -e {f} ]; do sleep 0.05; done"]
+    def until(f: Path, pid_file: Path) -> list[str]:
+        return [SH, "-c", f"echo $$ > {pid_file}; while [ ! -e {f} ]; do sleep 0.05; done"]
 
-    a = conch.start("elect", "spare", "--", *until(release_a))
+    a = conch.start("elect", "spare", "--", *until(release_a, tmp_path / "a"))
     wait_for(lambda: conch.who("elect", "spare")["holders"], what="a leads")
     b = conch.start("elect", "spare", "--timeout", "5s", "--", "true")
     spare_b = wait_for(lambda: watchdog_of(b.pid), what="b's spare watchdog")
-    c = conch.start("elect", "spare", "--", *until(release_c))
+    gate_b = wait_for(lambda: gated_child_of(b.pid), what="b's child held at its gate")
+    c = conch.start("elect", "spare", "--", *until(release_c, ran_c))
     wait_for(lambda: conch.who("elect", "spare")["waiting"] == 2, what="c queued")
-    assert watchdog_of(c.pid) == 0  # second in line: nothing started for it yet
+    assert watchdog_of(c.pid) == 0 and gated_child_of(c.pid) == 0  # second in line: nothing
     assert b.wait(20) == 75
-    assert pid_gone(spare_b)
+    assert pid_gone(spare_b) and pid_gone(gate_b)
     spare_c = wait_for(lambda: watchdog_of(c.pid), what="c's spare watchdog")
+    gate_c = wait_for(lambda: gated_child_of(c.pid), what="c's child held at its gate")
+    assert not ran_c.exists()  # held: the command has not run
     release_a.touch()
     assert a.wait(20) == 0
     wait_for(lambda: conch.who("elect", "spare")["holders"][0]["pid"] == c.pid, what="c leads")
     assert watchdog_of(c.pid) == spare_c  # the one it had ready watches its child
+    wait_for(lambda: read(ran_c).strip(), what="c's command")
+    assert int(read(ran_c)) == gate_c  # the command runs in the process it had ready
     release_c.touch()
     assert c.wait(20) == 0
-    assert pid_gone(spare_c)
+    assert pid_gone(spare_c) and pid_gone(gate_c)
 
 
 def test_restart_reruns_child_and_keeps_office(conch, tmp_path):
