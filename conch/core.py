@@ -250,6 +250,11 @@ class HoldResult:
     reason: str = ""
 
 
+# a hold's watchdog and child's process, started ahead (either may be missing)
+Spares = tuple["Watchdog | None", "Child | None"]
+NO_SPARE: Spares = (None, None)
+
+
 class Spare:
     """The processes a hold needs, started while this contender is next in line: its watchdog
     (unarmed) and its child's process held at the gate (the command not yet exec'd). Taking
@@ -261,6 +266,7 @@ class Spare:
         self._cmd, self._env = cmd, env
         self._wd: Watchdog | None = None
         self._child: Child | None = None
+        self._child_env: dict[str, str] = {}
 
     def ready(self) -> None:
         from conch.supervisor import Child
@@ -275,19 +281,30 @@ class Spare:
         if self._child is None or self._child.poll() is not None:
             self._discard_child()
             try:
-                self._child = Child.spawn(self._cmd, self._env())
+                self._child_env = self._env()
+                self._child = Child.spawn(self._cmd, self._child_env)
             except ConchError as e:  # the hold tries again, and reports it if it cannot
                 log.debug("cannot start the child's process ahead: %s", e)
 
-    def take(self) -> tuple[Watchdog | None, Child | None]:
+    def take(self) -> Spares:
         """The spares, if any, each still alive (the caller owns them from now on)."""
         if self._wd is not None and not self._wd.alive():
             self._discard_watchdog()
-        if self._child is not None and self._child.poll() is not None:
-            self._discard_child()
+        if self._child is not None and (self._child.poll() is not None or not self._runnable()):
+            self._discard_child()  # the hold spawns anew, and reports what cannot be run
         taken = self._wd, self._child
         self._wd = self._child = None
         return taken
+
+    def _runnable(self) -> bool:
+        """The command can still be exec'd (it was, when the child was started ahead)."""
+        from conch.supervisor import check_runnable
+
+        try:
+            check_runnable(self._cmd[0], self._child_env)
+        except OSError:
+            return False
+        return True
 
     def discard(self) -> None:
         self._discard_watchdog()
@@ -332,7 +349,7 @@ def hold(
     sig: Signals,
     rev: int,
     release: Callable[[], None] | None = None,
-    spare: tuple[Watchdog | None, Child | None] = (None, None),
+    spare: Spares = NO_SPARE,
 ) -> HoldResult:
     """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
 
@@ -517,20 +534,14 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             lost=lambda session=session: not session.is_trusted(),
         )
         unwake = session.on_lost(lambda _r: sig.wake.set())
-        spare = Spare(spec.cmd, lambda c=c, session=session: child_env(spec, c, session))
         try:
-            outcome, rev = _acquire(c, spec, sig, deadline, spare)
+            outcome, rev, spare = _acquire(c, session, spec, sig, deadline)
         except EtcdError as e:
-            spare.discard()
             unwake()
             session.close()
             etcd_trouble(e)
             continue
-        except BaseException:
-            spare.discard()
-            raise
         if outcome is not Outcome.HELD:
-            spare.discard()
             unwake()
             _withdraw(c, session)
             if outcome is Outcome.TIMEOUT:
@@ -546,7 +557,8 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             # a --restart service keeps the slot across child exits
             release = None if spec.restart else lambda c=c, session=session: _withdraw(c, session)
             try:
-                res = hold(client, session, c, spec, sig, rev, release, spare.take())
+                res = hold(client, session, c, spec, sig, rev, release, spare)
+                spare = NO_SPARE  # used by the first hold only
             except BaseException:
                 unwake()
                 _withdraw(c, session)  # e.g. the command cannot be run: leave no key behind
@@ -603,22 +615,28 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
 
 
 def _acquire(
-    c: Contention, spec: RunSpec, sig: Signals, deadline: float | None, spare: Spare
-) -> tuple[Outcome, int]:
-    c.enqueue()
-    outcome = c.wait(
-        nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake,
-        on_next=spare.ready,
-    )  # fmt: skip
-    if outcome is not Outcome.HELD:
-        return outcome, 0
-    if c.proven_rev:
-        # the wait itself saw my key alive at proven_rev (etcd #11456 is ruled out): the
-        # promotion put follows the spawn, off the hand-over's path (hold)
-        return Outcome.HELD, c.proven_rev
-    if not c.promote():  # my key vanished while I waited: never run on a stale view
-        return Outcome.LOST, 0
-    return Outcome.HELD, c.promoted_rev
+    c: Contention, session: Session, spec: RunSpec, sig: Signals, deadline: float | None
+) -> tuple[Outcome, int, Spares]:
+    """Queue and wait. HELD comes with the watchdog and child's process started while next in
+    line (the caller owns them); any other outcome has ended them."""
+    spare = Spare(spec.cmd, lambda: child_env(spec, c, session))
+    try:
+        c.enqueue()
+        outcome = c.wait(
+            nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake,
+            on_next=spare.ready,
+        )  # fmt: skip
+        if outcome is not Outcome.HELD:
+            return outcome, 0, NO_SPARE
+        if c.proven_rev:
+            # the wait itself saw my key alive at proven_rev (etcd #11456 is ruled out): the
+            # promotion put follows the spawn, off the hand-over's path (hold)
+            return Outcome.HELD, c.proven_rev, spare.take()
+        if not c.promote():  # my key vanished while I waited: never run on a stale view
+            return Outcome.LOST, 0, NO_SPARE
+        return Outcome.HELD, c.promoted_rev, spare.take()
+    finally:
+        spare.discard()  # whatever was not taken
 
 
 def _revoke_stale(client: Client, stale: list[int]) -> None:

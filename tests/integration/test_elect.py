@@ -130,6 +130,27 @@ def test_the_next_in_line_has_its_watchdog_and_child_ready_and_leaves_none_behin
     assert pid_gone(spare_c) and pid_gone(gate_c)
 
 
+def test_a_command_removed_while_queued_is_reported_as_not_found(conch, tmp_path):
+    """The next in line started its child's process ahead, for a command that existed then;
+    removed before the slot frees, it is reported as any command not found (127, one line,
+    before anything ran), not by the gate's shell."""
+    release, script = tmp_path / "release", tmp_path / "job"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    a = conch.start(
+        "elect", "gone", "--", SH, "-c", f"while [ ! -e {release} ]; do sleep 0.05; done"
+    )
+    wait_for(lambda: conch.who("elect", "gone")["holders"], what="a leads")
+    b = conch.start("elect", "gone", "--", str(script))
+    wait_for(lambda: gated_child_of(b.pid), what="b's child held at its gate")
+    script.unlink()
+    release.touch()
+    assert a.wait(20) == 0
+    assert b.wait(20) == 127
+    err = b.stderr.read()
+    assert err.startswith("conch: error: cannot run") and len(err.splitlines()) == 1, err
+
+
 def test_restart_reruns_child_and_keeps_office(conch, tmp_path):
     runs = tmp_path / "runs"
     p = conch.start(
