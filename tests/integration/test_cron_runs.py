@@ -60,7 +60,9 @@ def test_a_runs_dead_watchdog_is_replaced(conch, daemons, tmp_path):
     child_pid = tmp_path / "pid"
     once = (f"[ -e {child_pid} ] && exit 0; echo $$ > {child_pid}; "
             "while true; do sleep 0.05; done")  # fmt: skip
-    add(conch, "guarded", "@every 1s", "--overlap", "allow", "--", SH, "-c", once)
+    # forbid: the later ticks are skipped while the run lives, so no other run (with a
+    # watchdog of its own) starts beside it
+    add(conch, "guarded", "@every 1s", "--overlap", "forbid", "--", SH, "-c", once)
     d = daemons.start("d")
     wait_for(lambda: child_pid.exists() and child_pid.read_text().strip(), timeout=30,
              what="the run")  # fmt: skip

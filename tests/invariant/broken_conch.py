@@ -24,7 +24,7 @@ class _NoWatchdog:
     def start(cls, pgid: int, kill_after: float, deadline: float) -> _NoWatchdog:
         return cls()
 
-    def arm(self, pgid: int, kill_after: float, deadline: float) -> None:
+    def arm(self, pgid: int, kill_after: float, deadline: float, revoke: object = None) -> None:
         pass
 
     def update(self, deadline: float) -> None:
