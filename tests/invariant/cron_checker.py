@@ -97,7 +97,9 @@ a claim belongs to is the newest one added before its revision.
    * a result is written: a child that ended while its daemon life lived on must not still be
      `running`/`lost` at the last observation, ``result_grace`` after its end;
    * the final `cron ls --json` (bounded by history: the newest 20 runs per job): `running`
-     only for a child running at that time (or ended within ``observe_slack`` before), `lost`
+     only for a child running at that time (or ended within ``observe_slack`` before; a claim
+     first seen within ``claim_settle`` of the listing is not judged: its child may not have
+     written its start line before the harness stopped the daemons), `lost`
      only for a tick with no child or whose daemon life was SIGKILLed, `ok`/`failed`/`skipped`
      as above; `rev` and `daemon` are the child's; every child of the current incarnation
      whose tick is no older than the oldest row shown (all of them when fewer than 20 rows are
@@ -1044,7 +1046,11 @@ def _check_listing(ctx: _Context, listing: Listing) -> list[Violation]:
             r = rs[0] if rs else None
             if status == "running":
                 if r is None:
-                    why = "shows running, but no child ran for it"
+                    newest = max(recs, key=lambda x: x.first_seen, default=None)
+                    if newest is None or newest.first_seen <= listing.at - p.claim_settle:
+                        why = "shows running, but no child ran for it"
+                    # else: too recent to tell, as for a claim that never ran: the harness may
+                    # stop the daemon before the child's interpreter writes its start line
                 elif r.end is not None and r.end < listing.at - p.observe_slack:
                     why = f"shows running, but its child ended {listing.at - r.end:.3f}s earlier"
                 else:

@@ -600,6 +600,22 @@ def test_listing_shows_running_only_for_a_running_child() -> None:
     assert "listing" in rules(verdict([EVERY1], [*runs, bad], records))
 
 
+def test_a_claim_just_before_the_listing_may_show_running_before_its_child_logs() -> None:
+    # seen (cron seed 177963, a loaded machine): the daemon spawned the child and wrote
+    # `running`, the listing came, and the harness stopped the daemons before the child's
+    # interpreter had written its start line; like a claim that never ran, it is too recent
+    # to judge
+    runs = clean(EVERY1, 5, 18)
+    records = [record_of(r) for r in runs]
+    records.append(rec("every1", 19, 5000, (19.05, "running"), daemon="d2"))
+    ok(verdict([EVERY1], runs, records))
+    # ... but an old one is not
+    runs = clean(EVERY1, 5, 14)
+    records = [record_of(r) for r in runs]
+    records.append(rec("every1", 15, 5000, (15.05, "running"), daemon="d2"))
+    assert "listing" in rules(verdict([EVERY1], runs, records))
+
+
 def test_tracebacks_and_warnings_fail() -> None:
     runs = clean(EVERY1)
     for text in (
