@@ -107,21 +107,36 @@ class Compare:
 
 @dataclass(frozen=True)
 class Op:
-    """One txn operation: kind in put|get|delete. `range_end` for get/delete over a range."""
+    """One txn operation: kind in put|get|delete. `range_end` for get/delete over a range;
+    `keys_only` for a get that needs no values."""
 
     kind: str
     key: bytes
     value: bytes = b""
     lease: int = 0
     range_end: bytes | None = None
+    keys_only: bool = False
+
+
+@dataclass(frozen=True)
+class SubTxn:
+    """A transaction nested in a branch of another (etcd >= 3.3): each nested txn judges its
+    own guards, all of them at the outer txn's one revision, so many independent guarded
+    writes commit in one round trip. etcd limits every level to --max-txn-ops (128 by
+    default) guards and ops per branch, and refuses two puts of one key in one request."""
+
+    compare: Sequence[Compare]
+    success: Sequence[Op | SubTxn]
+    failure: Sequence[Op | SubTxn] = ()
 
 
 @dataclass(frozen=True)
 class TxnResult:
     succeeded: bool
     revision: int  # header revision after the txn
-    # one entry per op of the branch taken: list[KeyValue] for get, None for put/delete
-    responses: list[list[KeyValue] | None]
+    # one entry per op of the branch taken: list[KeyValue] for get, None for put/delete,
+    # a TxnResult for a SubTxn
+    responses: list[Any]
 
 
 # ---------------------------------------------------------------------------------------
@@ -859,24 +874,13 @@ class Client:
     def txn(
         self,
         compare: Sequence[Compare],
-        success: Sequence[Op],
-        failure: Sequence[Op] = (),
+        success: Sequence[Op | SubTxn],
+        failure: Sequence[Op | SubTxn] = (),
         timeout: float | None = None,
     ) -> TxnResult:
         pb, _ = _pb()
-        req = pb.TxnRequest(
-            compare=[_compare_pb(pb, c) for c in compare],
-            success=[_op_pb(pb, o) for o in success],
-            failure=[_op_pb(pb, o) for o in failure],
-        )
-        resp = self._call("KV", "Txn", req, timeout)
-        out: list[list[KeyValue] | None] = []
-        for r in resp.responses:
-            if r.WhichOneof("response") == "response_range":
-                out.append([_kv(kv) for kv in r.response_range.kvs])
-            else:
-                out.append(None)
-        return TxnResult(succeeded=resp.succeeded, revision=resp.header.revision, responses=out)
+        req = _txn_pb(pb, SubTxn(compare, success, failure))
+        return _txn_result(self._call("KV", "Txn", req, timeout))
 
     def compact(self, revision: int, timeout: float | None = None) -> None:
         """Compact the key-value history up to revision (used by tests and maintenance)."""
@@ -1213,7 +1217,30 @@ def _compare_pb(pb: Any, c: Compare) -> Any:
     return pb.Compare(result=results[c.op], target=target, key=c.key, **{fld: c.value})
 
 
-def _op_pb(pb: Any, o: Op) -> Any:
+def _txn_pb(pb: Any, t: SubTxn) -> Any:
+    return pb.TxnRequest(
+        compare=[_compare_pb(pb, c) for c in t.compare],
+        success=[_op_pb(pb, o) for o in t.success],
+        failure=[_op_pb(pb, o) for o in t.failure],
+    )
+
+
+def _txn_result(resp: Any) -> TxnResult:
+    out: list[Any] = []
+    for r in resp.responses:
+        kind = r.WhichOneof("response")
+        if kind == "response_range":
+            out.append([_kv(kv) for kv in r.response_range.kvs])
+        elif kind == "response_txn":
+            out.append(_txn_result(r.response_txn))
+        else:
+            out.append(None)
+    return TxnResult(succeeded=resp.succeeded, revision=resp.header.revision, responses=out)
+
+
+def _op_pb(pb: Any, o: Op | SubTxn) -> Any:
+    if isinstance(o, SubTxn):
+        return pb.RequestOp(request_txn=_txn_pb(pb, o))
     if o.kind == "put":
         return pb.RequestOp(request_put=pb.PutRequest(key=o.key, value=o.value, lease=o.lease))
     if o.kind == "get":
@@ -1223,6 +1250,7 @@ def _op_pb(pb: Any, o: Op) -> Any:
                 range_end=o.range_end or b"",
                 sort_order=pb.RangeRequest.ASCEND if o.range_end else pb.RangeRequest.NONE,
                 sort_target=pb.RangeRequest.KEY,
+                keys_only=o.keys_only,
             )
         )
     if o.kind == "delete":

@@ -25,6 +25,7 @@ from conch.client import (
     Event,
     EventType,
     Op,
+    SubTxn,
     Watch,
     WatchCompacted,
     _pb,
@@ -158,6 +159,29 @@ def test_get_range_sorted_and_delete_range(client: Client, prefix: str) -> None:
     kvs, _ = client.get_range(p, _end(p))
     assert [kv.key for kv in kvs] == [p + b"a", p + b"c"]
     client.delete(_end(p) + b"outside")
+
+
+def test_nested_txns_judge_their_own_guards_in_one_round_trip(client: Client, prefix: str) -> None:
+    taken = f"{prefix}a".encode()
+    client.put(taken, b"other")
+    free = [f"{prefix}{c}".encode() for c in "bcd"]
+
+    def claim(k: bytes) -> SubTxn:
+        return SubTxn([Compare(k, "create", "==", 0)], [Op("put", k, b"me")], [Op("get", k)])
+
+    r = client.txn([], [claim(k) for k in (taken, *free)])
+    assert r.succeeded
+    first, *rest = r.responses
+    assert not first.succeeded and first.responses[0][0].value == b"other"
+    assert all(x.succeeded and x.responses == [None] for x in rest)
+    got_free = [client.get(k)[0] for k in free]
+    assert [kv.value for kv in got_free] == [b"me"] * 3  # type: ignore[union-attr]
+    # all written at the outer txn's one revision
+    assert {kv.create_revision for kv in got_free} == {r.revision}  # type: ignore[union-attr]
+    # a get for keys only carries no values
+    got = client.txn([], [Op("get", prefix.encode(), range_end=_end(prefix.encode()), keys_only=True)])
+    kvs = got.responses[0]
+    assert [kv.key for kv in kvs] == [taken, *free] and {kv.value for kv in kvs} == {b""}
 
 
 def test_txn_create_if_absent(client: Client, prefix: str) -> None:
