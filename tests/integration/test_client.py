@@ -179,7 +179,9 @@ def test_nested_txns_judge_their_own_guards_in_one_round_trip(client: Client, pr
     # all written at the outer txn's one revision
     assert {kv.create_revision for kv in got_free} == {r.revision}  # type: ignore[union-attr]
     # a get for keys only carries no values
-    got = client.txn([], [Op("get", prefix.encode(), range_end=_end(prefix.encode()), keys_only=True)])
+    got = client.txn(
+        [], [Op("get", prefix.encode(), range_end=_end(prefix.encode()), keys_only=True)]
+    )
     kvs = got.responses[0]
     assert [kv.key for kv in kvs] == [taken, *free] and {kv.value for kv in kvs} == {b""}
 
