@@ -16,9 +16,14 @@ Protocol (one text line per message, on the watchdog's stdin):
     acknowledged.
 ``disarm``
     conch finished cleanly and has dealt with the group itself: exit 0 without killing.
+``guard PGID KILL_AFTER`` / ``release PGID``
+    conchd's form: one watchdog guards every child group the daemon runs. ``guard`` adds a
+    group (beside the one ``arm`` set, if any), ``release`` removes one whose run ended. The
+    watchdog stays until EOF: with no group left to guard, EOF exits 0 without killing.
 
-The watchdog *fires* — SIGTERM (then SIGCONT, so that stopped members see it) to the group, wait
-up to KILL_AFTER for the group to have no live member, SIGKILL to the group, exit 1 — when:
+The watchdog *fires* — SIGTERM (then SIGCONT, so that stopped members see it) to every group it
+guards, wait up to each group's KILL_AFTER for it to have no live member, SIGKILL to the group,
+exit 1 — when:
 
 * its stdin reaches EOF while armed (conch died: the kernel closes the pipe as conch exits,
   whatever killed it, SIGKILL included);
@@ -92,6 +97,8 @@ _GROUP_POLL = 0.02
 _REVOKE_AFTER_KILL = 5.0
 # Upper bound on the revoking process (its own etcd timeouts are shorter).
 _REVOKE_TIMEOUT = 30.0
+# guard/release: longest wait for room in the pipe of a watchdog that does not read
+_SEND_TIMEOUT = 1.0
 
 
 def revoke_lease(config: str) -> bool:
@@ -229,10 +236,26 @@ def kill_group(pgid: int, kill_after: float) -> None:
     SIGKILL is sent whenever the group still exists, even if the /proc scan already calls it
     dead: harmless to zombies, and robust if the scan is ever wrong.
     """
-    signal_group(pgid, signal.SIGTERM)
-    signal_group(pgid, signal.SIGCONT)
-    wait_group_gone(pgid, kill_after)
-    signal_group(pgid, signal.SIGKILL)
+    kill_groups({pgid: kill_after})
+
+
+def kill_groups(groups: dict[int, float]) -> None:
+    """kill_group for many groups at once ({pgid: kill_after}): all get SIGTERM (+SIGCONT)
+    together, each gets SIGKILL when it is gone or its own kill_after has passed."""
+    for pgid in groups:
+        signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGCONT)
+    start = time.monotonic()
+    waiting = dict(groups)
+    while waiting:
+        now = time.monotonic()
+        for pgid, kill_after in list(waiting.items()):
+            if now - start >= kill_after or not group_alive(pgid):
+                signal_group(pgid, signal.SIGKILL)
+                del waiting[pgid]
+        if waiting:
+            left = min(start + k for k in waiting.values()) - time.monotonic()
+            time.sleep(max(0.0, min(_GROUP_POLL, left)))
 
 
 # --- the watchdog process -----------------------------------------------------------------------
@@ -242,8 +265,9 @@ class _State:
     """The protocol state machine, fed one line at a time (pure: no I/O)."""
 
     def __init__(self) -> None:
-        self.pgid: int | None = None
+        self.pgid: int | None = None  # the group `arm` set
         self.kill_after = 0.0
+        self.guarded: dict[int, float] = {}  # groups `guard` added: pgid -> kill_after
         self.deadline = math.inf
         self.disarmed = False
         # what conch.revoke needs to revoke the holder's lease (a JSON document, passed on
@@ -252,7 +276,14 @@ class _State:
 
     @property
     def armed(self) -> bool:
-        return self.pgid is not None and not self.disarmed
+        return (self.pgid is not None or bool(self.guarded)) and not self.disarmed
+
+    def targets(self) -> dict[int, float]:
+        """Every group to kill when firing: pgid -> kill_after."""
+        out = dict(self.guarded)
+        if self.pgid is not None:
+            out[self.pgid] = self.kill_after
+        return out
 
     def feed(self, line: str) -> None:
         if line.startswith("revoke "):
@@ -274,6 +305,12 @@ class _State:
                     self.deadline = deadline
             elif cmd == "disarm" and not args:
                 self.disarmed = True
+            elif cmd == "guard" and len(args) == 2:
+                pgid, kill_after = int(args[0]), float(args[1])
+                if pgid > 1 and math.isfinite(kill_after) and kill_after >= 0:
+                    self.guarded[pgid] = kill_after
+            elif cmd == "release" and len(args) == 1:
+                self.guarded.pop(int(args[0]), None)
         except ValueError:
             pass
 
@@ -295,13 +332,16 @@ def _run(stdin_fd: int = 0) -> int:
     eof = terminated = False
 
     def fire() -> int:
-        assert state.pgid is not None
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # said first: conch, seeing its child die, must know it was this and not the child
         with contextlib.suppress(OSError):
             os.write(1, b"fired\n")
-        kill_group(state.pgid, state.kill_after)
-        if state.revoke is not None and wait_group_gone(state.pgid, _REVOKE_AFTER_KILL):
+        kill_groups(state.targets())
+        if (
+            state.revoke is not None
+            and state.pgid is not None
+            and wait_group_gone(state.pgid, _REVOKE_AFTER_KILL)
+        ):
             revoke_lease(state.revoke)  # the group is dead: the successor need not wait
         return EXIT_FIRED
 
@@ -420,6 +460,43 @@ class Watchdog:
             # with a full pipe): a line is < PIPE_BUF, so it is written whole or not at all.
             os.set_blocking(self._fd, False)
             self.pgid = pgid
+
+    def guard(self, pgid: int, kill_after: float, timeout: float = _SEND_TIMEOUT) -> None:
+        """conchd's form: guard one more group (its death or pause kills them all). Raises
+        OSError if the line cannot be delivered within `timeout` (the watchdog is gone or
+        stopped): the caller must not let that group's command start."""
+        if pgid <= 1 or pgid == os.getpgrp():
+            raise ValueError(f"refusing to watch process group {pgid}")
+        self._deliver(f"guard {pgid} {float(kill_after)!r}\n", timeout)
+
+    def release(self, pgid: int, timeout: float = _SEND_TIMEOUT) -> None:
+        """The group's run is over and reaped: stop guarding it (its number may be reused).
+        Raises OSError as guard() does; a watchdog that cannot take it must be replaced."""
+        self._deliver(f"release {pgid}\n", timeout)
+
+    def _deliver(self, line: str, timeout: float) -> None:
+        """Write one line whole (< PIPE_BUF: all or nothing), waiting up to `timeout` for room
+        in the pipe; OSError if the watchdog is gone or does not read."""
+        data = line.encode()
+        with self._lock:
+            if self._stdin is None or self.broken:
+                raise OSError("the watchdog is gone")
+            os.set_blocking(self._fd, False)
+            end = time.monotonic() + timeout
+            while True:
+                try:
+                    os.write(self._fd, data)
+                    return
+                except BlockingIOError:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise OSError("the watchdog does not read its pipe") from None
+                    p = select.poll()
+                    p.register(self._fd, select.POLLOUT)
+                    p.poll(min(left, 0.05) * 1000.0)
+                except OSError:
+                    self.broken = True
+                    raise
 
     @classmethod
     def start(cls, pgid: int, kill_after: float, deadline: float) -> Watchdog:

@@ -132,3 +132,68 @@ def _stdin_drained(pid: int) -> bool:
             return int.from_bytes(buf, sys.byteorder) == 0
     except OSError:
         return False
+
+
+def _group(tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    got = tmp_path / f"got_term_{name}"
+    script = f"trap 'echo term >> {got}; exit 0' TERM; while :; do sleep 0.05; done"
+    return subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True), got
+
+
+def test_conchds_form_guards_many_groups_and_kills_every_one_still_guarded(
+    tmp_path: Path,
+) -> None:
+    (a, got_a), (b, got_b), (c, got_c) = (_group(tmp_path, n) for n in "abc")
+    try:
+        wd = start_watchdog()
+        for p in (a, b, c):
+            send(wd, f"guard {p.pid} {KILL_AFTER}\n")
+        send(wd, f"release {b.pid}\n")  # b's run ended: no longer guarded
+        assert wd.stdin is not None
+        wd.stdin.close()  # conchd died
+        assert wd.wait(10) == EXIT_FIRED
+        assert a.wait(10) == 0 and c.wait(10) == 0 and got_a.exists() and got_c.exists()
+        assert b.poll() is None and not got_b.exists()
+    finally:
+        for p in (a, b, c):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def test_conchds_watchdog_with_nothing_left_to_guard_exits_quietly(tmp_path: Path) -> None:
+    p, got = _group(tmp_path, "a")
+    try:
+        wd = start_watchdog()
+        send(wd, f"guard {p.pid} {KILL_AFTER}\n")
+        send(wd, f"release {p.pid}\n")
+        assert wd.stdin is not None
+        wd.stdin.close()
+        assert wd.wait(10) == EXIT_DISARMED
+        assert p.poll() is None and not got.exists()
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
+def test_a_guard_line_a_stopped_watchdog_cannot_take_fails_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    from conch.watchdog import Watchdog
+
+    p, _got = _group(tmp_path, "a")
+    wd = Watchdog.spawn()
+    try:
+        wd.guard(p.pid, KILL_AFTER)
+        os.kill(wd.pid, signal.SIGSTOP)
+        t = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100_000):  # the pipe fills; then one line waits its timeout
+                wd.guard(p.pid, KILL_AFTER, timeout=0.2)
+        assert time.monotonic() - t < 10
+    finally:
+        os.kill(wd.pid, signal.SIGCONT)
+        wd.kill()  # SIGKILL: the group is not touched
+        assert p.poll() is None
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)

@@ -64,3 +64,14 @@ def test_dangerous_groups_and_bad_kill_after_are_refused() -> None:
 def test_rearm_replaces() -> None:
     st = feed("arm 4242 0.5 100.0", "arm 4343 2 300")
     assert (st.pgid, st.kill_after, st.deadline) == (4343, 2.0, 300.0)
+
+
+def test_guard_adds_groups_beside_arm_and_release_removes_one() -> None:
+    st = feed("guard 100 0.5", "guard 200 2", "arm 300 1 inf", "release 100", "release 999")
+    assert st.armed
+    assert st.targets() == {200: 2.0, 300: 1.0}
+    st = feed("guard 100 0.5", "release 100")
+    assert not st.armed and st.targets() == {}
+    for bad in ("guard 1 0.5", "guard 0 1", "guard 100 -1", "guard 100 inf", "guard x 1",
+                "guard 100", "release", "release x"):  # fmt: skip
+        assert not feed(bad).armed, bad
