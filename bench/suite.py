@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import common
 
-SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema", "load")
+SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema", "load", "cron")
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,16 @@ class Sizes:
     load_process_clients: int  # concurrent conch processes (each costs ~0.25 s of CPU)
     load_slots: int
     load_seconds: float
+    cron_jobs: tuple[int, ...]  # jobs due on one tick across 3 conchd (issue 9)
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 10.0, 5, 10, 100, 4, 50, 16, 8, 60.0)
+        return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 10.0, 5, 10, 100, 4, 50, 16, 8, 60.0,
+                   (100, 1000, 10000))  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(2, (1, 3), 0.0, 2, 1, 1.0, 1, 3, 4, 2, 4, 2, 2, 2.0)
+        return cls(2, (1, 3), 0.0, 2, 1, 1.0, 1, 3, 4, 2, 4, 2, 2, 2.0, (5,))
 
 
 def _ms(xs: list[float]) -> dict[str, float]:
@@ -129,7 +131,27 @@ def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[s
         cluster.stop()
     if "load" in sections:
         results["load"] = _load(sizes, log)
+    if "cron" in sections:
+        results["cron"] = _cron(sizes, log)
     return results
+
+
+def _cron(sizes: Sizes, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    import tempfile
+    from pathlib import Path
+
+    from bench import cron_scale
+
+    out = []
+    cluster = common.start_etcd(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="conch-bench-cron-") as tmp:
+            for n in sizes.cron_jobs:
+                log(f"cron: {n} jobs due on one tick, {cron_scale.DAEMONS} conchd")
+                out.append(cron_scale.measure(cluster.endpoints, n, Path(tmp) / str(n), log))
+    finally:
+        cluster.stop()
+    return out
 
 
 # thresholds of the load test (stated in the report, PASS / FAIL each)

@@ -1,0 +1,195 @@
+"""conchd at scale: N jobs due on one tick across 3 daemons, against the machine's floor.
+
+Every job has the same schedule `@every D`, with D (about a day, to the microsecond) chosen so
+that one of its ticks (the instants k * D after the epoch) falls a few seconds after the
+set-up: all jobs fall due at that one instant T, and never again during the run. Each child is
+`bash -c 'echo "$CONCH_JOB $CONCH_TICK $EPOCHREALTIME" >> LOG'` (bash's clock: no fork).
+Measured per size:
+
+* lag: each job's child start − T (p50 / p99 / max), duplicates ((job, tick) started twice),
+  misses (jobs with no start within the wait);
+* claims per second: runs started / (last start − T);
+* etcd requests in the tick's window (Txn and Range, from etcd's own /metrics);
+* conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM);
+* the floor, in the same run: one bare Python loop that starts the same N children with
+  `subprocess.Popen` (lag = child start − loop start).
+
+Jobs are written straight into etcd with conch's own store (`cron.add_job`), as `cron add`
+would, many at a time; conchd is started after, so the daemons read them all at start-up.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import poll, quiet_env, summary
+from conch import cron
+from conch.client import Client, ClientConfig
+
+DAEMONS = 3
+SETTLE = 4.0  # the tick: this long after the jobs are written ...
+ADD_COST = 0.004  # ... plus this per job (writing it, every daemon reading it)
+WAIT_AFTER = 30.0  # after the tick: how long the last start may take beyond the floor x 50
+CHILD = 'echo "$CONCH_JOB $CONCH_TICK $EPOCHREALTIME" >> {log}'
+
+
+DAY_US = 86_400_000_000
+
+
+def due_schedule(at: float) -> tuple[str, float]:
+    """An `@every D` schedule with a tick within ~25 ms after epoch time `at`, and that tick.
+    D is about a day: k = the days since the epoch, D = ceil(at / k) to the microsecond."""
+    at_us = int(at * 1e6)
+    k = max(1, at_us // DAY_US)
+    d_us = -(-at_us // k)
+    return f"@every {d_us / 1e6:.6f}", k * d_us / 1e6
+
+
+def _add_jobs(endpoints: list[str], prefix: str, n: int, schedule: str, log: Path) -> None:
+    cmd = ["bash", "-c", CHILD.format(log=log)]
+    now_us = cron.tick_us(datetime.now(UTC))
+    client = Client(ClientConfig(endpoints=tuple(endpoints)))
+    try:
+
+        def add(i: int) -> None:
+            job = cron.host_record(cmd, f"job{i:05d}", schedule, "UTC")
+            cron.add_job(client, prefix, job, replace=False, now_us=now_us)
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(add, range(n)))
+    finally:
+        client.close()
+
+
+def _etcd_requests(endpoint: str) -> dict[str, float]:
+    """Cumulative handled gRPC requests of etcd, by method (Txn, Range, ...)."""
+    text = urllib.request.urlopen(f"{endpoint}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$',
+                         text, re.M):  # fmt: skip
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _starts(log: Path) -> list[tuple[str, str, float]]:
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], float(parts[2])))
+    return out
+
+
+def floor(n: int, work: Path) -> list[float]:
+    """Lags of a bare loop starting the same n children (seconds after the loop's start)."""
+    log = work / "floor.log"
+    cmd = ["bash", "-c", CHILD.format(log=log)]
+    env = quiet_env()
+    t0 = time.time()
+    procs = []
+    for i in range(n):
+        env_i = {**env, "CONCH_JOB": f"job{i:05d}", "CONCH_TICK": "floor"}
+        procs.append(subprocess.Popen(cmd, env=env_i, start_new_session=True))
+    for p in procs:
+        p.wait()
+    return sorted(t - t0 for _, _, t in _starts(log))
+
+
+def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str, Any]:
+    """One size: N jobs on one tick, 3 daemons; the floor measured right after."""
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = f"/bench-cron-{n}-{int(time.time())}/"
+    log = work / "starts.log"
+    env = {**quiet_env(), "CONCH_ENDPOINTS": ",".join(endpoints), "CONCH_PREFIX": prefix}
+    daemons, logs = [], []
+    for i in range(DAEMONS):
+        out = open(work / f"conchd-{i}.log", "wb")  # noqa: SIM115
+        logs.append(work / f"conchd-{i}.log")
+        daemons.append(subprocess.Popen(
+            [sys.executable, "-m", "conch.conchd", "--id", f"d{i}", "--ttl", "10s"],
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        out.close()
+    try:
+        poll(lambda: all("claiming ticks" in p.read_text() for p in logs), 120,
+             "the daemons to start claiming", every=0.2)  # fmt: skip
+        # the tick: after the jobs are written and every daemon has seen them all
+        schedule, tick = due_schedule(time.time() + SETTLE + n * ADD_COST)
+        _add_jobs(endpoints, prefix, n, schedule, log)
+        poll(lambda: all(p.read_text().count("' added: ") >= n for p in logs),
+             max(1.0, tick - time.time() - 1), "every daemon to see every job",
+             every=0.5)  # fmt: skip
+        if time.time() > tick - 0.5:
+            raise RuntimeError(f"{n} jobs: set up only {tick - time.time():.1f}s before the tick")
+        log_line(f"cron scale: {n} jobs due at {datetime.fromtimestamp(tick, UTC):%H:%M:%S}Z")
+        cpu0 = sum(_cpu_seconds(p.pid) for p in daemons)
+        req0 = _etcd_requests(endpoints[0])
+        while time.time() < tick:
+            time.sleep(min(0.2, max(0.0, tick - time.time())))
+        end = time.time() + WAIT_AFTER + n * 0.05
+        while time.time() < end and len({j for j, _, _ in _starts(log)}) < n:
+            time.sleep(0.2)
+        time.sleep(1.0)  # stragglers and duplicates
+        cpu = sum(_cpu_seconds(p.pid) for p in daemons) - cpu0
+        req1 = _etcd_requests(endpoints[0])
+        rss = [_peak_rss_mb(p.pid) for p in daemons]
+    finally:
+        for p in daemons:
+            p.terminate()
+        for p in daemons:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+    starts = [(j, tk, t) for j, tk, t in _starts(log)]
+    seen: dict[str, int] = {}
+    for j, _, _ in starts:
+        seen[j] = seen.get(j, 0) + 1
+    first = {}
+    for j, _, t in starts:
+        first[j] = min(first.get(j, t), t)
+    lags = sorted(t - tick for t in first.values())
+    floor_lags = floor(n, work)
+    span = (lags[-1] if lags else 0.0) or 1e-9
+    return {
+        "jobs": n,
+        "daemons": DAEMONS,
+        "lag_s": summary(lags),
+        "floor_s": summary(floor_lags),
+        "duplicates": sum(c - 1 for c in seen.values()),
+        "misses": n - len(first),
+        "claims_per_s": round(len(first) / span, 1),
+        "etcd_requests": {
+            k: int(req1.get(k, 0) - req0.get(k, 0))
+            for k in ("Txn", "Range", "Put", "DeleteRange")
+            if k in req1
+        },
+        "conchd_cpu_s": round(cpu, 2),
+        "conchd_peak_rss_mb": [round(x, 1) for x in rss],
+    }
