@@ -291,8 +291,8 @@ def dev(ctx: click.Context, nodes: str, port: int, cmd: tuple[str, ...], **kw: A
 
 
 # --- cron ------------------------------------------------------------------------------------
-# conch cron add | ls | rm. The recipe is conch/cron.py, the daemon conch/conchd.py; the
-# decisions are in docs/cron.md.
+# conch cron add | ls | rm. The recipe is conch/cron/ (model, store, listing), the daemon
+# conch/conchd.py; the decisions are in docs/cron.md.
 
 
 def _cron_globals(ctx: click.Context, params: dict[str, Any]) -> tuple[Globals, bool, bool]:
@@ -387,8 +387,8 @@ def cron_add(
     """Define (or with --replace, change) job NAME: run CMD at each tick of SPEC."""
     from datetime import UTC, datetime
 
-    from conch import cron as cronmod
     from conch import options
+    from conch.cron import model, store
     from conch.schedule import Schedule, ScheduleError
 
     g, _v, _quiet = _cron_globals(ctx, kw)
@@ -410,15 +410,15 @@ def cron_add(
     k = options.duration(kill_after, "--kill-after")
     prefix = options.prefix(g)
     options.client_config(g)  # every check before the first byte goes to etcd
-    job = cronmod.host_record(argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap)
+    job = store.host_record(argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap)
     try:
-        cronmod.check_definition_size(job)
-    except cronmod.DefinitionTooLarge as e:
+        model.check_definition_size(job)
+    except model.DefinitionTooLarge as e:
         raise UsageError(str(e)) from None
     client = _connect(g)
     try:
-        cronmod.add_job(client, prefix, job, replace, cronmod.tick_us(datetime.now(UTC)))
-    except cronmod.JobExists:
+        store.add_job(client, prefix, job, replace, model.tick_of(datetime.now(UTC)))
+    except store.JobExists:
         raise ConchError(
             f"cron job {name!r} already exists (conch cron add --replace changes it)", 1
         ) from None
@@ -437,24 +437,24 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
     """List the jobs: schedule, zone, next tick and the last results."""
     from datetime import UTC, datetime
 
-    from conch import cron as cronmod
     from conch import options
+    from conch.cron import listing, store
 
     g, _v, _quiet = _cron_globals(ctx, kw)
     prefix = options.prefix(g)
     options.client_config(g)
     client = _connect(g)
     try:
-        snap = cronmod.snapshot(client, prefix)
+        snap = store.snapshot(client, prefix)
     except _etcd_error() as e:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     finally:
         client.close()
-    doc = cronmod.list_doc(snap, datetime.now(UTC))
+    doc = listing.list_doc(snap, datetime.now(UTC))
     if as_json:
         click.echo(json.dumps(doc))
     else:
-        for line in cronmod.format_table(doc):
+        for line in listing.format_table(doc):
             click.echo(line)
     return 0
 
@@ -467,8 +467,8 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     """Remove job NAME and its history. A run in progress finishes and records its result."""
     from datetime import UTC, datetime
 
-    from conch import cron as cronmod
     from conch import options
+    from conch.cron import model, store
 
     g, _v, _quiet = _cron_globals(ctx, kw)
     _cron_name(name)
@@ -476,7 +476,7 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     options.client_config(g)
     client = _connect(g)
     try:
-        existed = cronmod.remove_job(client, prefix, name, cronmod.tick_us(datetime.now(UTC)))
+        existed = store.remove_job(client, prefix, name, model.tick_of(datetime.now(UTC)))
     except _etcd_error() as e:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     finally:

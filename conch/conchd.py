@@ -4,7 +4,7 @@
 
 One daemon = one lease (conch.session.Session, --ttl), a watch on the job definitions, a
 scheduler loop in the main thread, and one thread per run. At each tick every daemon tries the
-claim transaction (conch.cron.claim); the winner runs CMD in its own process group with
+claim transaction (conch.cron.store.claim); the winner runs CMD in its own process group with
 CONCH_JOB, CONCH_TICK and CONCH_REV, logs its output line by line prefixed with the job name,
 and writes the result. The design and every decision are in docs/cron.md.
 """
@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import click
 
-from conch import __version__, cron, keys
+from conch import __version__, keys
 from conch.client import (
     Client,
     EtcdAuthError,
@@ -40,6 +40,7 @@ from conch.client import (
     Watch,
     WatchCompacted,
 )
+from conch.cron import model, store
 from conch.errors import EXIT_OSERR, EXIT_UNAVAILABLE, ConchError, UsageError, child_exit_code
 from conch.holder import rfc3339
 
@@ -181,8 +182,8 @@ class OutputReader(threading.Thread):
                     break
                 with self._tail_lock:
                     self._tail += chunk
-                    if len(self._tail) > cron.TAIL_BYTES:
-                        del self._tail[: len(self._tail) - cron.TAIL_BYTES]
+                    if len(self._tail) > model.TAIL_BYTES:
+                        del self._tail[: len(self._tail) - model.TAIL_BYTES]
                 buf += chunk
                 while (i := buf.find(b"\n")) >= 0:
                     self._emit(bytes(buf[:i]))
@@ -199,7 +200,7 @@ class OutputReader(threading.Thread):
     def tail(self) -> str:
         with self._tail_lock:
             data = bytes(self._tail)
-        if len(data) >= cron.TAIL_BYTES:  # cut at a character boundary where we can
+        if len(data) >= model.TAIL_BYTES:  # cut at a character boundary where we can
             i = 0
             while i < 3 and i < len(data) and 0x80 <= data[i] <= 0xBF:
                 i += 1
@@ -210,7 +211,7 @@ class OutputReader(threading.Thread):
 class Run:
     """One claimed tick being run by this daemon (its own thread)."""
 
-    def __init__(self, daemon: Daemon, job: cron.Job, us: int, c: cron.Claim, lease: int) -> None:
+    def __init__(self, daemon: Daemon, job: model.Job, us: int, c: store.Claim, lease: int) -> None:
         assert c.record is not None
         self.daemon, self.job, self.us = daemon, job, us
         self.rev = c.revision  # CONCH_REV; also the running record's mod revision
@@ -223,7 +224,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"job {self.job.name!r} tick {cron.format_tick(self.us)}"
+        return f"job {self.job.name!r} tick {model.format_tick(self.us)}"
 
     def start(self) -> None:
         self.thread.start()
@@ -240,20 +241,20 @@ class Run:
             self.daemon.metrics.running(-1)
             self.daemon.run_finished(self)
 
-    def _execute(self) -> cron.RunRecord:
+    def _execute(self) -> model.RunRecord:
         from conch.supervisor import Child
         from conch.watchdog import Watchdog
 
         job, d = self.job, self.daemon
         env = dict(os.environ)
         env.update(
-            CONCH_JOB=job.name, CONCH_TICK=cron.format_tick(self.us), CONCH_REV=str(self.rev)
+            CONCH_JOB=job.name, CONCH_TICK=model.format_tick(self.us), CONCH_REV=str(self.rev)
         )
         t0, m0 = time.time(), time.monotonic()
         d.metrics.lag(job.name, t0 - self.us / 1e6)
         rec = replace(self.record, rev=self.rev, started=rfc3339(t0))
 
-        def not_run(code: int, msg: str) -> cron.RunRecord:
+        def not_run(code: int, msg: str) -> model.RunRecord:
             log.warning("%s: %s", self.label, msg)
             d.metrics.run(job.name, "failed", 0.0)
             return replace(
@@ -325,7 +326,7 @@ class Run:
         wd.disarm()
         reader.join(2.0)  # a process that escaped the group may hold the pipe: do not wait
         code = child_exit_code(rc)
-        status = cron.result_status(code, timed_out=how == "timeout")
+        status = model.result_status(code, timed_out=how == "timeout")
         log.info("%s: %s with %d after %.3fs", self.label, status, code, duration)
         d.metrics.run(job.name, status, duration)
         return replace(
@@ -334,7 +335,7 @@ class Run:
             output=reader.tail(),
         )  # fmt: skip
 
-    def _write(self, rec: cron.RunRecord) -> None:
+    def _write(self, rec: model.RunRecord) -> None:
         """Record the result; etcd may be down for a while: retry until written (when conchd
         is stopping, give up after RESULT_GRACE)."""
         d = self.daemon
@@ -344,7 +345,7 @@ class Run:
             if give_up is not None:  # stopping: the last attempt ends with the grace
                 timeout = max(0.1, min(timeout, give_up - time.monotonic()))
             try:
-                cron.finish(d.client, d.prefix, self.job.name, self.us, rec, timeout=timeout)
+                store.finish(d.client, d.prefix, self.job.name, self.us, rec, timeout=timeout)
                 if warned:
                     log.info("%s: result recorded", self.label)
                 break
@@ -402,7 +403,7 @@ class Housekeeper(threading.Thread):
                 if self._halt.is_set():
                     return
                 try:
-                    n = cron.prune_history(self.client, self.prefix, job)
+                    n = store.prune_history(self.client, self.prefix, job)
                     if n:
                         log.debug("job %r: pruned %d old run record(s)", job, n)
                 except EtcdError as e:
@@ -631,7 +632,7 @@ class Heartbeat(threading.Thread):
 
 @dataclass
 class JobState:
-    job: cron.Job
+    job: model.Job
     rev: int  # mod revision of the definition the schedule comes from
     schedule: Any  # conch.schedule.Schedule
     due: datetime  # the next tick to try (aware, UTC)
@@ -667,7 +668,7 @@ class Daemon:
         self.housekeeper = Housekeeper(client, prefix)
         self._jobs_dir = keys.cron_jobs_dir(prefix)
         # identifies this daemon process's claims: a retried claim whose first answer was
-        # lost finds its own record (cron.claim); a restarted daemon gets a new one
+        # lost finds its own record (store.claim); a restarted daemon gets a new one
         self.claim_id = uuid.uuid4().hex
         self.fatal: str | None = None  # set when conchd must stop (the cluster changed)
         self.heartbeat = Heartbeat(client, prefix, daemon_id, self.host, self._lease_id, metrics)
@@ -797,7 +798,7 @@ class Daemon:
             runs = [r for r in self.runs.values() if not r.done and r.lease != s.lease_id]
         for r in runs:
             try:
-                ok = cron.reattach(
+                ok = store.reattach(
                     self.client, self.prefix, r.job.name, r.us, r.rev, self.id, s.lease_id,
                     timeout=CLAIM_TIMEOUT,
                 )  # fmt: skip
@@ -840,7 +841,7 @@ class Daemon:
         if cur is not None and cur.rev == kv.mod_revision:
             return name
         try:
-            job = cron.Job.from_json(name, kv.value)
+            job = model.Job.from_json(name, kv.value)
             sched = Schedule.parse(job.schedule, job.tz)
             due = sched.next_after(self.now())
         except (ValueError, OverflowError) as e:
@@ -851,7 +852,7 @@ class Daemon:
         log.info(
             "job %r %s: %s%s, next tick %s", name, "added" if cur is None else "changed",
             job.schedule, "" if job.tz == "UTC" else f" ({job.tz})",
-            cron.format_tick(cron.tick_us(due)),
+            model.format_tick(model.tick_of(due)),
         )  # fmt: skip
         return name
 
@@ -895,21 +896,22 @@ class Daemon:
         daemon's (never anyone else's) and is run now, late, rather than left `running`
         forever with nothing running. (Its alive marker may sit on an older lease: the run
         starts with lease 0, so the next step re-attaches it.)"""
-        current = cron.tick_us(st.due)
+        current = model.tick_of(st.due)
         for us in sorted(st.unsure - {current}):
             try:
-                c = cron.own_claim(self.client, self.prefix, st.job.name, us, self.claim_id,
+                c = store.own_claim(self.client, self.prefix, st.job.name, us, self.claim_id,
                                    timeout=CLAIM_TIMEOUT)  # fmt: skip
             except EtcdClusterChanged:
                 raise
             except EtcdError as e:
                 log.debug("job %r tick %s: claim still unsure: %s", st.job.name,
-                          cron.format_tick(us), e)  # fmt: skip
+                          model.format_tick(us), e)  # fmt: skip
                 return
             st.unsure.discard(us)
             if c is not None:
                 log.warning("job %r tick %s: claimed by this daemon although the answer was "
-                            "lost: running it late", st.job.name, cron.format_tick(us))  # fmt: skip
+                            "lost: running it late", st.job.name,
+                            model.format_tick(us))  # fmt: skip
                 self._claimed(st.job, us, c, 0)
 
     def _claim_due(self) -> None:
@@ -933,10 +935,10 @@ class Daemon:
                 following = st.schedule.next_after(st.due)
             if s is None or not s.is_trusted():
                 return
-            us = cron.tick_us(st.due)
+            us = model.tick_of(st.due)
             left = following.timestamp() - self.time()
             try:
-                c = cron.claim(
+                c = store.claim(
                     self.client, self.prefix, st.job, st.rev, us, daemon=self.id,
                     claim_id=self.claim_id, host=self.host, lease=s.lease_id,
                     now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
@@ -948,7 +950,7 @@ class Daemon:
                     s.mark_lost(f"lease {s.lease_id:x} not found")
                     return
                 log.warning("job %r tick %s: claim failed: %s; retrying", name,
-                            cron.format_tick(us), e)  # fmt: skip
+                            model.format_tick(us), e)  # fmt: skip
                 st.unsure.add(us)
                 st.retry_at = time.time() + 0.5  # the same tick, the same claim id
                 continue
@@ -956,9 +958,9 @@ class Daemon:
             st.due, st.retry_at = following, 0.0
             self._claimed(st.job, us, c, s.lease_id)
 
-    def _claimed(self, job: cron.Job, us: int, c: cron.Claim, lease: int) -> None:
-        label = f"job {job.name!r} tick {cron.format_tick(us)}"
-        if c.outcome is cron.ClaimOutcome.WON:
+    def _claimed(self, job: model.Job, us: int, c: store.Claim, lease: int) -> None:
+        label = f"job {job.name!r} tick {model.format_tick(us)}"
+        if c.outcome is store.ClaimOutcome.WON:
             self.metrics.claim(job.name, "won")
             with self._lock:
                 running = (job.name, us) in self.runs
@@ -969,18 +971,18 @@ class Daemon:
             with self._lock:
                 self.runs[(job.name, us)] = r
             r.start()
-        elif c.outcome is cron.ClaimOutcome.SKIPPED:
+        elif c.outcome is store.ClaimOutcome.SKIPPED:
             self.metrics.claim(job.name, "won")
             self.metrics.run(job.name, "skipped")
             reason = c.record.reason if c.record else ""
             log.info("%s: skipped: %s (--overlap forbid)", label, reason)
             self.housekeeper.request(job.name)
-        elif c.outcome is cron.ClaimOutcome.TAKEN:
+        elif c.outcome is store.ClaimOutcome.TAKEN:
             self.metrics.claim(job.name, "lost")
             log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
-        elif c.outcome is cron.ClaimOutcome.BEHIND:
+        elif c.outcome is store.ClaimOutcome.BEHIND:
             self.metrics.claim(job.name, "behind")
-            mark = cron.format_tick(c.mark) if c.mark is not None else "?"
+            mark = model.format_tick(c.mark) if c.mark is not None else "?"
             log.debug("%s: not claimed: tick %s is already claimed (or the job is newer)",
                       label, mark)  # fmt: skip
         else:
