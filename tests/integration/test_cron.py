@@ -27,7 +27,7 @@ from conch.client import Client
 from conch.cron import model
 from conch.localetcd import LocalCluster
 
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 SH = "/bin/sh"
 RUN_FIELDS = {"tick", "status", "exit_code", "host", "started", "finished"}
 JOB_FIELDS = {"name", "schedule", "tz", "cmd", "next_tick", "runs"}

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conch import keys
-from conch.conchd import parse_metrics_addr
 from conch.cron import listing, model
+from conch.cron.metrics import parse_metrics_addr
 from conch.errors import UsageError
 
 TICKS = st.integers(min_value=0, max_value=10**12 * 1_000_000 - 1)
