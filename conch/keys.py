@@ -150,11 +150,11 @@ def cron_mark_key(prefix: str, name: str) -> bytes:
     return cron_dir(prefix) + b"marks/" + encode_name(name).encode()
 
 
-def tick_token(tick_us: int) -> str:
+def tick_token(tick: int) -> str:
     """A tick (Unix time in microseconds, >= 0) as the last segment of a run/alive key."""
-    if tick_us < 0:
+    if tick < 0:
         raise ValueError("a tick before the Unix epoch")
-    seconds, micros = divmod(tick_us, 1_000_000)
+    seconds, micros = divmod(tick, 1_000_000)
     if seconds >= 10**TICK_DIGITS:
         raise ValueError("a tick too far in the future")
     token = f"{seconds:0{TICK_DIGITS}d}"
@@ -164,7 +164,8 @@ def tick_token(tick_us: int) -> str:
 
 
 def parse_tick_token(token: str) -> int:
-    """Inverse of tick_token: Unix time in microseconds. Raises ValueError on a foreign token."""
+    """Inverse of tick_token: Unix time in microseconds. Raises ValueError on a foreign token.
+    Keys and mark values are read with :func:`cron_tick`."""
     whole, dot, frac = token.partition(".")
     if (
         len(whole) != TICK_DIGITS
@@ -177,12 +178,21 @@ def parse_tick_token(token: str) -> int:
     return int(whole) * 1_000_000 + (int(frac.ljust(6, "0")) if frac else 0)
 
 
-def cron_run_key(prefix: str, name: str, tick_us: int) -> bytes:
-    return cron_runs_dir(prefix, name) + tick_token(tick_us).encode()
+def cron_run_key(prefix: str, name: str, tick: int) -> bytes:
+    return cron_runs_dir(prefix, name) + tick_token(tick).encode()
 
 
-def cron_alive_key(prefix: str, name: str, tick_us: int) -> bytes:
-    return cron_alive_dir(prefix, name) + tick_token(tick_us).encode()
+def cron_alive_key(prefix: str, name: str, tick: int) -> bytes:
+    return cron_alive_dir(prefix, name) + tick_token(tick).encode()
+
+
+def cron_tick(data: bytes, directory: bytes = b"") -> int:
+    """The tick (µs) of a run or alive key in `directory` (one job's cron_runs_dir or
+    cron_alive_dir), or — `directory` empty — of a bare tick token (a mark's value, a key's
+    last segment). Raises ValueError on anything else. Every reader of a tick key uses this."""
+    if not data.startswith(directory):
+        raise ValueError(f"not under {directory!r}: {data!r}")
+    return parse_tick_token(data[len(directory) :].decode("ascii"))
 
 
 def cron_split_tick_key(root: bytes, key: bytes) -> tuple[str, int]:
@@ -190,8 +200,7 @@ def cron_split_tick_key(root: bytes, key: bytes) -> tuple[str, int]:
     Raises ValueError on a key that is not laid out that way."""
     if not key.startswith(root):
         raise ValueError(f"not under {root!r}: {key!r}")
-    rest = key[len(root) :].decode("ascii")
-    enc, sep, token = rest.partition("/")
-    if not sep or not enc or "/" in token:
+    enc, sep, token = key[len(root) :].partition(b"/")
+    if not sep or not enc or b"/" in token:
         raise ValueError(f"not a cron run key: {key!r}")
-    return decode_name(enc), parse_tick_token(token)
+    return decode_name(enc.decode("ascii")), cron_tick(token)

@@ -211,7 +211,7 @@ def main() -> int:
 
 # --- cron ----------------------------------------------------------------------------------
 
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 
 
 class _Daemons:

@@ -16,7 +16,7 @@ from procs import stop_gracefully
 from conch.client import Client, ClientConfig
 from conch.localetcd import LocalCluster
 
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 
 
 def _read(path: Path) -> str:

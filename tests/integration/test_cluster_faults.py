@@ -18,7 +18,7 @@ from procs import read
 from conch.localetcd import LocalCluster
 
 SH = "/bin/sh"
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 
 
 @pytest.fixture

@@ -22,11 +22,12 @@ from conftest import pid_gone, wait_for
 from cron_fixtures import Daemons
 from procs import read
 
-from conch import cron, keys
+from conch import keys
 from conch.client import Client
+from conch.cron import model
 from conch.localetcd import LocalCluster
 
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 SH = "/bin/sh"
 RUN_FIELDS = {"tick", "status", "exit_code", "host", "started", "finished"}
 JOB_FIELDS = {"name", "schedule", "tz", "cmd", "next_tick", "runs"}
@@ -49,14 +50,11 @@ def runs_of(conch: Any, name: str) -> list[dict[str, Any]]:
     return []
 
 
-def records(client: Client, prefix: str, name: str) -> dict[int, cron.RunRecord]:
+def records(client: Client, prefix: str, name: str) -> dict[int, model.RunRecord]:
     """The run records of NAME straight from etcd (also after `cron rm`), by tick (µs)."""
     d = keys.cron_runs_dir(prefix, name)
     kvs, _ = client.get_range(d, keys.prefix_range_end(d))
-    return {
-        keys.parse_tick_token(kv.key[len(d) :].decode()): cron.RunRecord.from_json(kv.value)
-        for kv in kvs
-    }
+    return {keys.cron_tick(kv.key, d): model.RunRecord.from_json(kv.value) for kv in kvs}
 
 
 def add(conch: Any, name: str, schedule: str, *args: str) -> None:
@@ -113,9 +111,9 @@ def test_three_daemons_run_each_tick_exactly_once(conch, daemons, tmp_path, clie
     ran = [t for t, _rev, _job in lines]
     assert len(ran) == len(set(ran)), f"a tick ran twice: {ran}"
     recs = records(client, prefix, "every")
-    assert sorted(ran) == sorted(cron.format_tick(us) for us in recs)
+    assert sorted(ran) == sorted(model.format_tick(us) for us in recs)
     for t, rev, jobname in lines:
-        (rec,) = [r for us, r in recs.items() if cron.format_tick(us) == t]
+        (rec,) = [r for us, r in recs.items() if model.format_tick(us) == t]
         assert int(rev) == rec.rev and jobname == "every"
     # no tick between the first and the last one was dropped by three daemons
     ticks = sorted(recs)
@@ -169,7 +167,7 @@ def test_killed_winner_leaves_a_lost_tick_that_is_never_rerun(
     assert ran.count(tick) == 1, ran
     assert len(ran) == len(set(ran))
     recs = records(client, prefix, "slow")
-    (lost_rec,) = [r for us, r in recs.items() if cron.format_tick(us) == tick]
+    (lost_rec,) = [r for us, r in recs.items() if model.format_tick(us) == tick]
     assert lost_rec.status == "running" and lost_rec.daemon == winner  # no result, ever
     assert conch.run("cron", "ls").returncode == 0
     assert (b if survivor == "b" else a).poll() is None
@@ -191,9 +189,9 @@ def test_rm_during_a_run_lets_it_finish_and_records_the_result(
     assert ls(conch) == []
     release.touch()
 
-    def result() -> cron.RunRecord | None:
+    def result() -> model.RunRecord | None:
         for us, rec in records(client, prefix, "rmjob").items():
-            if cron.format_tick(us) == tick and rec.status != "running":
+            if model.format_tick(us) == tick and rec.status != "running":
                 return rec
         return None
 
@@ -206,7 +204,7 @@ def test_rm_during_a_run_lets_it_finish_and_records_the_result(
     time_after = time.monotonic() + 2.5
     wait_for(lambda: time.monotonic() > time_after, timeout=5, what="two more ticks")
     assert read(started).split() == [tick]
-    assert [cron.format_tick(us) for us in records(client, prefix, "rmjob")] == [tick]
+    assert [model.format_tick(us) for us in records(client, prefix, "rmjob")] == [tick]
     # removing again: no such job (exit 1) -- and the leftover record is cleaned up
     r = conch.run("cron", "rm", "rmjob")
     assert r.returncode == 1 and "no cron job" in r.stderr

@@ -13,10 +13,10 @@ from faults.shim import shim_env
 from procs import children_running, state
 from test_cron import SH, add, records
 
-from conch import cron
+from conch.cron import model
 
 
-def first_result(client: Any, prefix: str, name: str) -> cron.RunRecord | None:
+def first_result(client: Any, prefix: str, name: str) -> model.RunRecord | None:
     done = [r for _, r in sorted(records(client, prefix, name).items())
             if r.status in ("ok", "failed")]  # fmt: skip
     return done[0] if done else None
@@ -90,7 +90,7 @@ def test_output_is_logged_by_line_and_its_tail_kept(conch, daemons, client, pref
     daemons.start("d")
     rec = wait_for(lambda: first_result(client, prefix, "talk"), timeout=30, what="a result")
     assert rec.status == "ok", rec
-    assert len(rec.output.encode()) <= cron.TAIL_BYTES
+    assert len(rec.output.encode()) <= model.TAIL_BYTES
     assert rec.output.endswith("é" * 100) and "\ufffd" not in rec.output
     log = daemons.log("d")
     assert "[talk] first line" in log and "[talk] second line" in log

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 
-CONCHD = [sys.executable, "-m", "conch.conchd"]
+CONCHD = [sys.executable, "-m", "conch.cron.command"]
 HUGE = "9999999999999999999s"
 
 

@@ -51,7 +51,7 @@ a claim belongs to is the newest one added before its revision.
      by a daemon with a skewed clock early (its child started, or its record was first seen,
      at c2 < mono(t2) - early) and before this tick's claim window closed (c2 < mono(t) + P).
      The claim moved the job's low-water mark past t, which nobody may claim any more
-     (conch.cron.claim). This is evidence, not a time window: it excuses only ticks that an
+     (conch.cron.store.claim). This is evidence, not a time window: it excuses only ticks that an
      early claim really jumped over. It covers what the skewed clock does — a clock that
      steps forward claims early until the heartbeats correct it (conch.clockskew keeps a
      peer's largest offset of its last 5 heartbeats, 2 s apart, at most 15 s old); a
@@ -167,7 +167,7 @@ ALL_FAULTS = (
 )
 DAEMON_FAULTS = (KILL_DAEMON, STOP_DAEMON)
 
-HISTORY = 20  # run records kept per job (conch.cron.HISTORY)
+HISTORY = 20  # run records kept per job (conch.cron.model.HISTORY)
 # figures only: a clock step's effects are counted for this long (+ its size); conch.clockskew
 # forgets a heartbeat sample after 15 s, and heartbeats come every 2 s
 SKEW_EFFECT = 17.0

@@ -3,7 +3,7 @@ a real 3-member etcd cluster, several `conch cron` jobs, a seeded schedule of fa
 logs the checker (cron_checker.py) judges.
 
 Everything is driven from outside, as an operator would: the daemons run as
-`python -X dev -X faulthandler -m conch.conchd --id dN --ttl T` with CONCH_ENDPOINTS and
+`python -X dev -X faulthandler -m conch.cron.command --id dN --ttl T` with CONCH_ENDPOINTS and
 CONCH_PREFIX in their environment, and a killed one is started again with the same --id (like
 systemd's Restart=always); jobs are added and removed with `python -m conch cron add|rm`; the
 final state is read with `conch cron ls --json`. conch has no test hooks.
@@ -100,7 +100,7 @@ from conch.localetcd import LocalCluster, Member
 
 CHILD = Path(__file__).with_name("cron_child.py")
 PY = [sys.executable, "-X", "dev", "-X", "faulthandler"]
-CONCHD = [*PY, "-m", "conch.conchd"]
+CONCHD = [*PY, "-m", "conch.cron.command"]
 CONCH = [*PY, "-m", "conch"]
 DAEMONS = ("d1", "d2", "d3")
 

@@ -620,7 +620,7 @@ def test_tracebacks_and_warnings_fail() -> None:
     runs = clean(EVERY1)
     for text in (
         "conchd: lease granted\nTraceback (most recent call last):\n  File ...\nValueError: x\n",
-        "/x/conch/conchd.py:1: ResourceWarning: unclosed file\n",
+        "/x/conch/cron/daemon.py:1: ResourceWarning: unclosed file\n",
         "Fatal Python error: Segmentation fault\n",
     ):
         r = verdict([EVERY1], runs, stderr={"conchd d1#1": "ok\n", "conchd d2#1": text})

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conch import cron, keys
-from conch.conchd import parse_metrics_addr
+from conch import keys
+from conch.cron import listing, model
+from conch.cron.metrics import parse_metrics_addr
 from conch.errors import UsageError
 
 TICKS = st.integers(min_value=0, max_value=10**12 * 1_000_000 - 1)
@@ -74,6 +75,14 @@ def test_cron_key_layout() -> None:
     for foreign in (b"/conch/cron/jobs/", b"/conch/cron/jobs/a/b", b"/conch/elect/x"):
         with pytest.raises(ValueError):
             keys.cron_job_name(p, foreign)
+    d = keys.cron_alive_dir(p, "a/b")
+    assert keys.cron_tick(keys.cron_alive_key(p, "a/b", 7_500_000), d) == 7_500_000
+    assert keys.cron_tick(b"000000000007") == 7_000_000  # a mark's value
+    for foreign in (b"", b"\xff", d, d + b"x", d + b"000000000007/1", b"/x/000000000007"):
+        with pytest.raises(ValueError):
+            keys.cron_tick(foreign, d if foreign.startswith(d) else b"")
+    with pytest.raises(ValueError):
+        keys.cron_tick(b"/other/000000000007", d)
     root = keys.cron_runs_root(p)
     assert keys.cron_split_tick_key(root, root + b"a%2Fb/000000000007") == ("a/b", 7_000_000)
     for foreign in (root + b"a", root + b"a/", root + b"a/1/2", b"/other/x/000000000001"):
@@ -108,33 +117,33 @@ def test_one_jobs_ranges_never_hold_another_jobs_keys(a: str, b: str) -> None:
     ],
 )
 def test_derive_status(stored: str, alive: bool, shown: str) -> None:
-    assert cron.derive_status(stored, alive) == shown
+    assert model.derive_status(stored, alive) == shown
 
 
 def test_result_status() -> None:
-    assert cron.result_status(0) == "ok"
-    assert [cron.result_status(c) for c in (1, 3, 127, 137, 143)] == ["failed"] * 5
+    assert model.result_status(0) == "ok"
+    assert [model.result_status(c) for c in (1, 3, 127, 137, 143)] == ["failed"] * 5
 
 
 # -- history pruning -----------------------------------------------------------------------
 
 
 def test_prune_keeps_the_newest() -> None:
-    assert cron.prune_choice([5, 1, 4, 2, 3], set(), keep=3) == [1, 2]
-    assert cron.prune_choice([1, 2, 3], set(), keep=3) == []
-    assert cron.prune_choice([1, 2, 3], set(), keep=5) == []
-    assert cron.prune_choice([1, 2, 3], set(), keep=0) == [1, 2, 3]
+    assert model.prune_choice([5, 1, 4, 2, 3], set(), keep=3) == [1, 2]
+    assert model.prune_choice([1, 2, 3], set(), keep=3) == []
+    assert model.prune_choice([1, 2, 3], set(), keep=5) == []
+    assert model.prune_choice([1, 2, 3], set(), keep=0) == [1, 2, 3]
 
 
 def test_prune_never_deletes_an_alive_run() -> None:
     # a long run (tick 1) outlasted many newer ticks: its record stays while it is alive
-    assert cron.prune_choice([1, 2, 3, 4, 5], {1}, keep=2) == [2, 3]
-    assert cron.prune_choice([1, 2, 3], {1, 2, 3}, keep=0) == []
+    assert model.prune_choice([1, 2, 3, 4, 5], {1}, keep=2) == [2, 3]
+    assert model.prune_choice([1, 2, 3], {1, 2, 3}, keep=0) == []
 
 
 @given(st.lists(st.integers(0, 50), max_size=40), st.sets(st.integers(0, 50)), st.integers(0, 25))
 def test_prune_properties(ticks: list[int], alive: set[int], keep: int) -> None:
-    doomed = cron.prune_choice(ticks, alive, keep)
+    doomed = model.prune_choice(ticks, alive, keep)
     assert doomed == sorted(set(doomed))
     assert not set(doomed) & alive
     newest = sorted(set(ticks), reverse=True)[:keep]
@@ -146,10 +155,10 @@ def test_prune_properties(ticks: list[int], alive: set[int], keep: int) -> None:
 
 
 def test_job_json_round_trip() -> None:
-    j = cron.Job("n", "@every 1s", "Europe/Berlin", ("sh", "-c", "x"), 5.0, 2.0, "allow")
-    assert cron.Job.from_json("n", j.to_json()) == j
+    j = model.Job("n", "@every 1s", "Europe/Berlin", ("sh", "-c", "x"), 5.0, 2.0, "allow")
+    assert model.Job.from_json("n", j.to_json()) == j
     # the key's name wins over the value's
-    assert cron.Job.from_json("other", j.to_json()).name == "other"
+    assert model.Job.from_json("other", j.to_json()).name == "other"
 
 
 @pytest.mark.parametrize(
@@ -160,26 +169,26 @@ def test_job_json_round_trip() -> None:
 )  # fmt: skip
 def test_damaged_job_definitions_are_rejected(raw: bytes) -> None:
     with pytest.raises(ValueError):
-        cron.Job.from_json("n", raw)
+        model.Job.from_json("n", raw)
 
 
 def test_job_defaults_for_missing_or_bad_numbers() -> None:
-    j = cron.Job.from_json("n", b'{"schedule":"@daily","cmd":["x"],"timeout":0,"kill_after":"x"}')
+    j = model.Job.from_json("n", b'{"schedule":"@daily","cmd":["x"],"timeout":0,"kill_after":"x"}')
     assert (j.tz, j.timeout, j.kill_after, j.overlap) == ("UTC", None, 10.0, "forbid")
 
 
 def test_run_record_round_trip_and_tolerance() -> None:
-    r = cron.RunRecord(tick="t", status="ok", daemon="d", host="h", claim="c", exit_code=0, rev=7)
-    assert cron.RunRecord.from_json(r.to_json()) == r
+    r = model.RunRecord(tick="t", status="ok", daemon="d", host="h", claim="c", exit_code=0, rev=7)
+    assert model.RunRecord.from_json(r.to_json()) == r
     for raw in (b"", b"garbage", b"[]", b'{"status":"weird","exit_code":true}', b"[" * 100000):
-        d = cron.RunRecord.from_json(raw)
+        d = model.RunRecord.from_json(raw)
         assert d.status == "" and d.exit_code is None
-        assert cron.derive_status(d.status, False) == "lost"
+        assert model.derive_status(d.status, False) == "lost"
 
 
 def test_run_doc_fields() -> None:
-    r = cron.RunRecord(tick="", status="running", daemon="d", host="h", claim="c", started="s")
-    doc = cron.run_doc(1_000_000, r, alive=False)
+    r = model.RunRecord(tick="", status="running", daemon="d", host="h", claim="c", started="s")
+    doc = listing.run_doc(1_000_000, r, alive=False)
     assert doc["tick"] == "1970-01-01T00:00:01Z" and doc["status"] == "lost"
     assert (doc["exit_code"], doc["host"], doc["started"], doc["finished"]) == (
         None,
@@ -193,18 +202,18 @@ def test_run_doc_fields() -> None:
 
 
 def test_format_tick() -> None:
-    assert cron.format_tick(0) == "1970-01-01T00:00:00Z"
-    assert cron.format_tick(1_700_000_000_500_000) == "2023-11-14T22:13:20.5Z"
+    assert model.format_tick(0) == "1970-01-01T00:00:00Z"
+    assert model.format_tick(1_700_000_000_500_000) == "2023-11-14T22:13:20.5Z"
 
 
 @given(st.integers(0, 4_000_000_000 * 1_000_000))
-def test_tick_us_is_exact(us: int) -> None:
-    assert cron.tick_us(cron.tick_datetime(us)) == us
+def test_tick_of_is_exact(us: int) -> None:
+    assert model.tick_of(model.tick_datetime(us)) == us
 
 
-def test_tick_us_of_other_zones() -> None:
+def test_tick_of_other_zones() -> None:
     t = datetime(2026, 3, 8, 3, 0, tzinfo=UTC)
-    assert cron.tick_us(t.astimezone(timedelta_zone(-4))) == cron.tick_us(t)
+    assert model.tick_of(t.astimezone(timedelta_zone(-4))) == model.tick_of(t)
 
 
 def timedelta_zone(hours: int):  # type: ignore[no-untyped-def]
@@ -223,7 +232,7 @@ def test_format_table() -> None:
          "runs": [{"status": s} for s in ("running", "ok", "lost", "failed", "skipped", "ok")]},
         {"name": "x", "schedule": "", "tz": "", "cmd": [], "next_tick": None, "runs": []},
     ]  # fmt: skip
-    header, row, damaged = cron.format_table(doc)
+    header, row, damaged = listing.format_table(doc)
     assert header.split()[:3] == ["NAME", "SCHEDULE", "TZ"]
     assert "running ok lost failed skipped ..." in row and row.endswith("sh -c 'a b'")
     assert "(damaged definition)" in damaged

@@ -1,0 +1,24 @@
+"""conch cron: jobs run once per tick on one of any number of conchd daemons (docs/cron.md).
+
+One concept per module. Nothing is imported here: `conch elect`, `conch --help` and conchd's
+start must not pay for the modules they do not use.
+
+The recipe (used by `conch cron` and by conchd):
+
+    model.py        pure: Job, RunRecord, RunStatus, ticks (Tick: int µs), status, limits
+    listing.py      pure: what `conch cron ls` prints (the JSON document, the table)
+    store.py        every etcd operation: definitions, snapshot, pruning, claim, result
+    commands.py     `conch cron add | ls | rm` (conch/cli.py adds the group when asked for)
+
+The daemon, conchd:
+
+    command.py      the `conchd` command line (`python -m conch.cron.command`)
+    daemon.py       Daemon: lease, job watch, the scheduler loop, shutdown
+    scheduler.py    pure: a job's schedule state and which tick is due when (fell behind)
+    claimer.py      claiming the due ticks and acting on each outcome
+    runner.py       one run: watchdog, gated child, timeout, stop, the result written
+    output.py       a run's output: logged by line, its tail kept
+    housekeeper.py  history pruning, off the scheduler thread
+    heartbeat.py    heartbeats: this host's clock against the other daemons'
+    metrics.py      Prometheus metrics (--metrics-addr)
+"""

@@ -1,0 +1,143 @@
+"""Claims: which of a daemon's jobs have a tick due (conch.cron.scheduler), the claim
+transaction for it (conch.cron.store.claim), and what each outcome means — a won tick is run,
+a skipped one recorded, a lost or stale one dropped. A claim whose answer was lost is resolved
+later by a read (store.own_claim): if it committed, the tick is this daemon's, run late.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from conch.client import Client, EtcdClusterChanged, EtcdError
+from conch.cron import store
+from conch.cron.metrics import ClaimResult, NoMetrics
+from conch.cron.model import Job, RunStatus, Tick, format_tick, tick_of
+from conch.cron.scheduler import JobState
+from conch.cron.store import CLAIM_TIMEOUT, Claim, ClaimOutcome
+from conch.holder import rfc3339
+
+if TYPE_CHECKING:
+    from conch.session import Session
+
+log = logging.getLogger(__name__)
+
+# the `result` label of conchd_claims_total for each outcome (a changed definition: none)
+_METRIC = {
+    ClaimOutcome.WON: ClaimResult.WON,
+    ClaimOutcome.SKIPPED: ClaimResult.WON,
+    ClaimOutcome.TAKEN: ClaimResult.LOST,
+    ClaimOutcome.BEHIND: ClaimResult.BEHIND,
+}
+
+
+class Claimer:
+    """Claims the due ticks of one daemon's jobs. A won tick goes to `start_run(job, tick,
+    claim, lease)`; after a skipped one, `on_skipped(job name)` (its history may be pruned)."""
+
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        daemon_id: str,
+        host: str,
+        metrics: NoMetrics,
+        clock: Callable[[], float],
+        start_run: Callable[[Job, Tick, Claim, int], None],
+        on_skipped: Callable[[str], None],
+    ) -> None:
+        self.client, self.prefix, self.daemon_id, self.host = client, prefix, daemon_id, host
+        self.metrics = metrics
+        self._clock = clock  # the group's wall-clock time (conchd's corrected clock)
+        self._start_run = start_run
+        self._on_skipped = on_skipped
+        # identifies this daemon process's claims: a retried claim whose first answer was
+        # lost finds its own record (store.claim); a restarted daemon gets a new one
+        self.claim_id = uuid.uuid4().hex
+
+    def claim_due(
+        self, jobs: dict[str, JobState], session: Session | None, stopping: threading.Event
+    ) -> None:
+        """Claim every tick due now, job by job; nothing without a trusted lease."""
+        s = session
+        for name in sorted(jobs):
+            st = jobs.get(name)
+            if st is None or stopping.is_set():
+                return
+            if st.unsure and s is not None and s.is_trusted():
+                self._resolve_unsure(st)
+            due = st.due_at(datetime.fromtimestamp(self._clock(), UTC), time.time())
+            if due is None:
+                continue
+            if due.passed:  # this daemon fell behind: only the newest due tick counts
+                log.debug("job %r: %d tick(s) passed unclaimed here", name, due.passed)
+            if s is None or not s.is_trusted():
+                return
+            tick = tick_of(due.tick)
+            left = due.following.timestamp() - self._clock()
+            try:
+                c = store.claim(
+                    self.client, self.prefix, st.job, st.rev, tick, daemon=self.daemon_id,
+                    claim_id=self.claim_id, host=self.host, lease=s.lease_id,
+                    now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
+                )  # fmt: skip
+            except EtcdClusterChanged:
+                raise
+            except EtcdError as e:
+                if "lease not found" in str(e):
+                    s.mark_lost(f"lease {s.lease_id:x} not found")
+                    return
+                log.warning("job %r tick %s: claim failed: %s; retrying", name,
+                            format_tick(tick), e)  # fmt: skip
+                st.claim_failed(tick, time.time())  # the same tick, the same claim id
+                continue
+            st.claim_decided(tick, due.following)
+            self._claimed(st.job, tick, c, s.lease_id)
+
+    def _resolve_unsure(self, st: JobState) -> None:
+        """A claim whose answer was lost may have committed: if it did, the tick is this
+        daemon's (never anyone else's) and is run now, late, rather than left `running`
+        forever with nothing running. (Its alive marker may sit on an older lease: the run
+        starts with lease 0, so the next step re-attaches it.)"""
+        current = tick_of(st.due)
+        for tick in sorted(st.unsure - {current}):
+            try:
+                c = store.own_claim(self.client, self.prefix, st.job.name, tick, self.claim_id,
+                                    timeout=CLAIM_TIMEOUT)  # fmt: skip
+            except EtcdClusterChanged:
+                raise
+            except EtcdError as e:
+                log.debug("job %r tick %s: claim still unsure: %s", st.job.name,
+                          format_tick(tick), e)  # fmt: skip
+                return
+            st.unsure.discard(tick)
+            if c is not None:
+                log.warning("job %r tick %s: claimed by this daemon although the answer was "
+                            "lost: running it late", st.job.name, format_tick(tick))  # fmt: skip
+                self._claimed(st.job, tick, c, 0)
+
+    def _claimed(self, job: Job, tick: Tick, c: Claim, lease: int) -> None:
+        label = f"job {job.name!r} tick {format_tick(tick)}"
+        result = _METRIC.get(c.outcome)
+        if result is not None:
+            self.metrics.claim(job.name, result)
+        if c.outcome is ClaimOutcome.WON:
+            self._start_run(job, tick, c, lease)
+        elif c.outcome is ClaimOutcome.SKIPPED:
+            self.metrics.run(job.name, RunStatus.SKIPPED)
+            reason = c.record.reason if c.record else ""
+            log.info("%s: skipped: %s (--overlap forbid)", label, reason)
+            self._on_skipped(job.name)
+        elif c.outcome is ClaimOutcome.TAKEN:
+            log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
+        elif c.outcome is ClaimOutcome.BEHIND:
+            mark = format_tick(c.mark) if c.mark is not None else "?"
+            log.debug("%s: not claimed: tick %s is already claimed (or the job is newer)",
+                      label, mark)  # fmt: skip
+        else:
+            log.debug("%s: not claimed: the job changed or was removed meanwhile", label)

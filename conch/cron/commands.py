@@ -1,0 +1,208 @@
+"""`conch cron add | ls | rm`: job definitions in etcd (docs/cron.md). conch/cli.py adds the
+`cron` group to `conch` when it is asked for; the cron package's heavy parts (conch.cron.store,
+the schedule parser, grpc) are imported by the commands themselves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
+from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError
+from conch.options import Globals
+
+
+def _cron_globals(ctx: click.Context, params: dict[str, Any]) -> tuple[Globals, bool, bool]:
+    """command_globals over the chain conch > cron > add|ls|rm: the global option given on the
+    command line nearest to the subcommand wins, else the environment, else the default."""
+    merged: dict[str, Any] = {}
+    for name in GLOBAL_PARAMS:
+        value = params.get(name)
+        c: click.Context | None = ctx
+        while c is not None:
+            if c.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+                value = c.params.get(name)
+                break
+            c = c.parent
+        merged[name] = value
+    return globals_from(merged)
+
+
+def _cron_name(name: str) -> str:
+    from conch import keys
+
+    try:
+        keys.validate_name(name)
+    except ValueError as e:
+        raise UsageError(f"invalid NAME {name!r}: {e}") from None
+    return name
+
+
+@click.group(context_settings=CMD_SETTINGS)
+@global_options
+def cron(**_: Any) -> None:
+    """Run a command once per tick, on one of any number of conchd daemons.
+
+    \b
+    conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
+                   [--overlap forbid|allow] [--replace] -- CMD [ARG...]
+    conch cron ls [--json]
+    conch cron rm NAME
+    """
+
+
+@cron.command("add", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--schedule",
+    "spec",
+    required=True,
+    metavar="SPEC",
+    help="cron expression, @daily etc., or @every D",
+)
+@click.option(
+    "--tz",
+    default="UTC",
+    show_default=True,
+    metavar="ZONE",
+    help="IANA time zone the cron expression is read in",
+)
+@click.option("--timeout", metavar="D", help="SIGTERM the run after D [default: no limit]")
+@click.option(
+    "--kill-after",
+    default="10s",
+    show_default=True,
+    metavar="D",
+    help="SIGKILL this long after SIGTERM",
+)
+@click.option(
+    "--overlap",
+    type=click.Choice(["forbid", "allow"]),
+    default="forbid",
+    show_default=True,
+    help="forbid: skip a tick while the last run runs",
+)
+@click.option("--replace", is_flag=True, help="replace the job if NAME exists")
+@global_options
+@click.pass_context
+def cron_add(
+    ctx: click.Context,
+    name: str,
+    cmd: tuple[str, ...],
+    spec: str,
+    tz: str,
+    timeout: str | None,
+    kill_after: str,
+    overlap: str,
+    replace: bool,
+    **kw: Any,
+) -> int:
+    """Define (or with --replace, change) job NAME: run CMD at each tick of SPEC."""
+    from datetime import UTC, datetime
+
+    from conch import options
+    from conch.cron import model, store
+    from conch.schedule import Schedule, ScheduleError
+
+    g, _v, _quiet = _cron_globals(ctx, kw)
+    _cron_name(name)
+    argv = list(cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("missing command: conch cron add NAME --schedule SPEC -- CMD [ARG...]")
+    if not argv[0]:
+        raise UsageError("empty command")
+    if any("\x00" in a for a in argv):
+        raise UsageError("the command contains a NUL byte")
+    try:
+        Schedule.parse(spec, tz)
+    except ScheduleError as e:
+        raise UsageError(str(e)) from None
+    t = None if timeout is None else options.duration(timeout, "--timeout", allow_zero=False)
+    k = options.duration(kill_after, "--kill-after")
+    prefix = options.prefix(g)
+    options.client_config(g)  # every check before the first byte goes to etcd
+    job = store.host_record(argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap)
+    try:
+        model.check_definition_size(job)
+    except model.DefinitionTooLarge as e:
+        raise UsageError(str(e)) from None
+    client = connect(g)
+    try:
+        store.add_job(client, prefix, job, replace, model.tick_of(datetime.now(UTC)))
+    except store.JobExists:
+        raise ConchError(
+            f"cron job {name!r} already exists (conch cron add --replace changes it)", 1
+        ) from None
+    except _etcd_error() as e:
+        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    finally:
+        client.close()
+    return 0
+
+
+@cron.command("ls", context_settings=CMD_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="one JSON document (docs/cron.md)")
+@global_options
+@click.pass_context
+def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
+    """List the jobs: schedule, zone, next tick and the last results."""
+    from datetime import UTC, datetime
+
+    from conch import options
+    from conch.cron import listing, store
+
+    g, _v, _quiet = _cron_globals(ctx, kw)
+    prefix = options.prefix(g)
+    options.client_config(g)
+    client = connect(g)
+    try:
+        snap = store.snapshot(client, prefix)
+    except _etcd_error() as e:
+        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    finally:
+        client.close()
+    doc = listing.list_doc(snap, datetime.now(UTC))
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        for line in listing.format_table(doc):
+            click.echo(line)
+    return 0
+
+
+@cron.command("rm", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@global_options
+@click.pass_context
+def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
+    """Remove job NAME and its history. A run in progress finishes and records its result."""
+    from datetime import UTC, datetime
+
+    from conch import options
+    from conch.cron import model, store
+
+    g, _v, _quiet = _cron_globals(ctx, kw)
+    _cron_name(name)
+    prefix = options.prefix(g)
+    options.client_config(g)
+    client = connect(g)
+    try:
+        existed = store.remove_job(client, prefix, name, model.tick_of(datetime.now(UTC)))
+    except _etcd_error() as e:
+        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    finally:
+        client.close()
+    if not existed:
+        raise ConchError(f"no cron job {name!r}", 1)
+    return 0
+
+
+def _etcd_error() -> type[Exception]:
+    from conch.client import EtcdError
+
+    return EtcdError

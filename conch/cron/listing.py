@@ -1,0 +1,93 @@
+"""What `conch cron ls` prints: the JSON document (list_doc, run_doc) and the table
+(format_table). Pure: no I/O; the snapshot it lists is read by conch.cron.store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from conch.cron.model import RunRecord, Tick, derive_status, format_tick, tick_of
+
+if TYPE_CHECKING:
+    from conch.cron.store import Snapshot
+
+LAST_IN_TABLE = 5  # results shown per job in the `cron ls` table
+
+
+def run_doc(tick: Tick, rec: RunRecord, alive: bool) -> dict[str, Any]:
+    """One entry of `runs` in `cron ls --json` (SPEC's fields first; `rev`, `duration`,
+    `daemon`, `timed_out` added)."""
+    return {
+        "tick": format_tick(tick),
+        "status": derive_status(rec.status, alive),
+        "exit_code": rec.exit_code,
+        "host": rec.host or None,
+        "started": rec.started,
+        "finished": rec.finished,
+        "duration": rec.duration,
+        "rev": rec.rev or None,
+        "daemon": rec.daemon or None,
+        "timed_out": rec.timed_out,
+    }
+
+
+def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
+    """`cron ls --json`: one entry per job, by name; runs newest first."""
+    from conch.schedule import Schedule, ScheduleError
+
+    out: list[dict[str, Any]] = []
+    for name in sorted(snap.jobs):
+        job, _kv = snap.jobs[name]
+        next_tick: str | None = None
+        if job is not None:
+            try:
+                nt = Schedule.parse(job.schedule, job.tz).next_after(now)
+                next_tick = format_tick(tick_of(nt))
+            except (ScheduleError, ValueError, OverflowError):
+                next_tick = None
+        alive = snap.alive.get(name, set())
+        runs = [
+            run_doc(tick, RunRecord.from_json(kv.value), tick in alive)
+            for tick, kv in sorted(snap.runs.get(name, {}).items(), reverse=True)
+        ]
+        out.append(
+            {
+                "name": name,
+                "schedule": job.schedule if job else "",
+                "tz": job.tz if job else "",
+                "cmd": list(job.cmd) if job else [],
+                "next_tick": next_tick,
+                "runs": runs,
+                "timeout": job.timeout if job else None,
+                "kill_after": job.kill_after if job else None,
+                "overlap": job.overlap if job else None,
+            }
+        )
+    return out
+
+
+def format_table(doc: list[dict[str, Any]], last: int = LAST_IN_TABLE) -> list[str]:
+    """The `cron ls` table: a header and one row per job; LAST = the newest results first."""
+    import shlex
+
+    header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST (NEWEST FIRST)", "COMMAND")
+    rows = [header]
+    for j in doc:
+        results = " ".join(r["status"] for r in j["runs"][:last]) or "-"
+        if len(j["runs"]) > last:
+            results += " ..."
+        rows.append(
+            (
+                j["name"],
+                j["schedule"] or "?",
+                j["tz"] or "?",
+                j["next_tick"] or "-",
+                results,
+                shlex.join(j["cmd"]) if j["cmd"] else "(damaged definition)",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    ]

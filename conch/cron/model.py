@@ -1,0 +1,235 @@
+"""The cron model. Pure: no I/O, no clock.
+
+Job definitions and run records (their JSON), the status a run shows (derive_status,
+result_status), which records history pruning deletes (prune_choice), the limits, and ticks:
+a tick is an instant as integer Unix microseconds (`Tick`), exact where a float would round.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+Tick = int  # an instant as integer Unix microseconds (keys.tick_token is its key form)
+
+HISTORY = 20  # run records kept per job (the newest; alive runs are never pruned)
+TAIL_BYTES = 4096  # output tail stored in a run record
+# Largest job definition (JSON) `cron add` stores: well under etcd's default request limit
+# (--max-request-bytes, 1.5 MiB), so a too-long command is a usage error, not an etcd refusal.
+MAX_DEFINITION_BYTES = 1 << 20
+# Largest --timeout / --kill-after a definition may hold (as conch.options.MAX_FLAG_SECONDS).
+MAX_JOB_SECONDS = 365 * 86400.0
+OVERLAP_CHOICES = ("forbid", "allow")
+
+
+class RunStatus(enum.StrEnum):
+    """A run's status: what a record says (RUNNING, OK, FAILED, SKIPPED) or what `cron ls`
+    shows (also LOST). The values are the JSON strings."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    LOST = "lost"
+
+
+# a tuple, not a set: a damaged record's status may be a JSON list or object (unhashable)
+STORED_STATUSES = (RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED, RunStatus.SKIPPED)
+
+
+class DefinitionTooLarge(ValueError):
+    """A job definition over MAX_DEFINITION_BYTES."""
+
+
+# -- ticks --------------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def tick_of(t: datetime) -> Tick:
+    """An aware datetime as a tick (exact: no float rounding)."""
+    delta = t.astimezone(UTC) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def tick_datetime(tick: Tick) -> datetime:
+    """A tick as an aware UTC datetime (inverse of tick_of)."""
+    return _EPOCH + timedelta(microseconds=tick)
+
+
+def format_tick(tick: Tick) -> str:
+    """A tick as RFC 3339 UTC: whole seconds as `2026-01-02T03:04:05Z`, else with the fraction
+    (`...05.5Z`). Used for CONCH_TICK and the `tick`/`next_tick` fields."""
+    t = tick_datetime(tick)
+    out = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        out += "." + f"{t.microsecond:06d}".rstrip("0")
+    return out + "Z"
+
+
+# -- job definitions and run records ------------------------------------------------------------
+
+
+def _as_float(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return None
+    return v
+
+
+def _as_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    schedule: str
+    tz: str
+    cmd: tuple[str, ...]
+    timeout: float | None = None  # seconds; None: no limit
+    kill_after: float = 10.0
+    overlap: str = "forbid"
+    created: str = ""  # RFC 3339, when `cron add` wrote it
+    host: str = ""  # where `cron add` ran
+    version: str = ""  # conch version that wrote it
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["cmd"] = list(self.cmd)
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, name: str, raw: bytes) -> Job:
+        """The definition stored under NAME's key. The key's NAME wins over the JSON's.
+        Raises ValueError for a damaged or foreign value."""
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"job {name!r}: not a job definition ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"job {name!r}: not a job definition")
+        schedule, tz, cmd = d.get("schedule"), d.get("tz", "UTC"), d.get("cmd")
+        if not isinstance(schedule, str) or not isinstance(tz, str):
+            raise ValueError(f"job {name!r}: no schedule")
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+            raise ValueError(f"job {name!r}: no command")
+        timeout = _as_float(d.get("timeout"))
+        kill_after = _as_float(d.get("kill_after"))
+        for what, v in (("timeout", timeout), ("kill_after", kill_after)):
+            if v is not None and not 0 <= v <= MAX_JOB_SECONDS:
+                raise ValueError(f"job {name!r}: {what} {v!r} out of range")
+        overlap = d.get("overlap", "forbid")
+        if overlap not in OVERLAP_CHOICES:
+            raise ValueError(f"job {name!r}: bad overlap {overlap!r}")
+        return cls(
+            name=name,
+            schedule=schedule,
+            tz=tz,
+            cmd=tuple(cmd),
+            timeout=timeout if timeout is not None and timeout > 0 else None,
+            kill_after=kill_after if kill_after is not None and kill_after >= 0 else 10.0,
+            overlap=overlap,
+            created=_as_str(d.get("created")) or "",
+            host=_as_str(d.get("host")) or "",
+            version=_as_str(d.get("version")) or "",
+        )
+
+
+def check_definition_size(job: Job) -> None:
+    """Raise DefinitionTooLarge if the definition is over MAX_DEFINITION_BYTES."""
+    n = len(job.to_json())
+    if n > MAX_DEFINITION_BYTES:
+        raise DefinitionTooLarge(
+            f"the job definition is {n} bytes; at most {MAX_DEFINITION_BYTES} (etcd refuses "
+            "large requests): put a long command in a script"
+        )
+
+
+@dataclass
+class RunRecord:
+    """The value of a run key. `status` is what the winner wrote (running, ok, failed,
+    skipped; "" for a damaged record); what `cron ls` shows comes from :func:`derive_status`."""
+
+    tick: str  # RFC 3339 (format_tick)
+    status: RunStatus | Literal[""]
+    daemon: str  # the winner's --id
+    host: str  # the winner's host name
+    claim: str  # a random id of this claim attempt: recognises our own claim after a retry
+    claimed: str = ""  # RFC 3339: when the claim was made
+    started: str | None = None  # RFC 3339: when the child was spawned (running: the claim)
+    finished: str | None = None
+    duration: float | None = None  # seconds from spawn to exit
+    exit_code: int | None = None  # the child's code; 128+S if killed by signal S
+    rev: int = 0  # the claim revision (CONCH_REV), set in the result
+    timed_out: bool = False
+    reason: str = ""  # why skipped / failed without running / interrupted
+    output: str = ""  # the tail of the child's stdout+stderr
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RunRecord:
+        """Tolerant: a damaged value gives a record with status "" (shown as lost)."""
+        try:
+            d = json.loads(raw.decode("utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            d = {}
+        status = d.get("status")
+        return cls(
+            tick=_as_str(d.get("tick")) or "",
+            status=RunStatus(status) if status in STORED_STATUSES else "",
+            daemon=_as_str(d.get("daemon")) or "",
+            host=_as_str(d.get("host")) or "",
+            claim=_as_str(d.get("claim")) or "",
+            claimed=_as_str(d.get("claimed")) or "",
+            started=_as_str(d.get("started")),
+            finished=_as_str(d.get("finished")),
+            duration=_as_float(d.get("duration")),
+            exit_code=_as_int(d.get("exit_code")),
+            rev=_as_int(d.get("rev")) or 0,
+            timed_out=d.get("timed_out") is True,
+            reason=_as_str(d.get("reason")) or "",
+            output=_as_str(d.get("output")) or "",
+        )
+
+
+# -- status and history -------------------------------------------------------------------------
+
+
+def derive_status(stored: str, alive: bool) -> RunStatus:
+    """What `cron ls` shows for a run: a record that still says running is `running` while its
+    alive marker (on the winner's lease) exists, and `lost` once it is gone — the winner died
+    or could not keep its lease. Results are shown as written. A damaged record is `lost`."""
+    if stored == RunStatus.RUNNING:
+        return RunStatus.RUNNING if alive else RunStatus.LOST
+    if stored in STORED_STATUSES:
+        return RunStatus(stored)
+    return RunStatus.LOST
+
+
+def result_status(exit_code: int, timed_out: bool = False) -> RunStatus:
+    """A finished run: `ok` for exit code 0, `failed` for anything else, and for a run that
+    passed its --timeout whatever its code (it was cut short)."""
+    return RunStatus.OK if exit_code == 0 and not timed_out else RunStatus.FAILED
+
+
+def prune_choice(
+    ticks: Sequence[Tick], alive: set[Tick] | frozenset[Tick], keep: int
+) -> list[Tick]:
+    """The ticks whose run records to delete: all but the newest `keep`, oldest first, never
+    one whose run is alive (a long run outlasting `keep` newer ticks keeps its record)."""
+    newest_first = sorted(set(ticks), reverse=True)
+    return sorted(t for t in newest_first[max(keep, 0) :] if t not in alive)

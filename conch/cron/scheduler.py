@@ -1,0 +1,91 @@
+"""A job's schedule state in one daemon, and which tick is due when. Pure: no I/O; every time
+is passed in.
+
+The rule: at time `now` a job whose next untried tick is `due` has nothing due while
+`due > now`; else `due` is due — unless the tick after it has passed too (the daemon fell
+behind: it was stopped, slow, or its clock stepped), and then only the newest tick passed is;
+the older ones are not claimed here (another daemon may have claimed them in time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from conch.cron.model import Job, Tick
+
+if TYPE_CHECKING:
+    from conch.schedule import Schedule
+
+RETRY_AFTER = 0.5  # seconds before a claim that failed (etcd error) is tried again
+
+
+@dataclass(frozen=True)
+class Due:
+    """The tick to claim now."""
+
+    tick: datetime  # aware, UTC
+    following: datetime  # the tick after it: the claim must be decided before then
+    passed: int = 0  # fell behind: ticks after the last one tried that passed meanwhile
+
+
+def due_tick(schedule: Schedule, due: datetime, now: datetime) -> Due | None:
+    """The tick due at `now`, `due` being the next tick not yet tried (None: not yet)."""
+    if due > now:
+        return None
+    following = schedule.next_after(due)
+    if following > now:
+        return Due(due, following)
+    passed = schedule.ticks_between(due, now)  # due < t <= now: `following` and on
+    newest = passed[-1]
+    return Due(newest, schedule.next_after(newest), len(passed))
+
+
+@dataclass
+class JobState:
+    """One job as this daemon schedules it."""
+
+    job: Job
+    rev: int  # mod revision of the definition the schedule comes from
+    schedule: Schedule
+    due: datetime  # the next tick to try (aware, UTC)
+    retry_at: float = 0.0  # time.time() before which a failed claim is not retried
+    # ticks whose claim transaction may have committed without this daemon hearing the answer
+    # (it failed with an etcd error) and that it moved past: resolved by a read (own_claim)
+    unsure: set[Tick] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, job: Job, rev: int, now: datetime) -> JobState:
+        """A job seen at `now`: its first tick is the next one after now. Raises ValueError
+        (conch.schedule.ScheduleError) or OverflowError for a schedule that cannot be used."""
+        from conch.schedule import Schedule
+
+        schedule = Schedule.parse(job.schedule, job.tz)
+        return cls(job, rev, schedule, schedule.next_after(now))
+
+    def wake_at(self) -> float:
+        """When this job next needs the scheduler (a Unix time)."""
+        return max(self.due.timestamp(), self.retry_at)
+
+    def due_at(self, now: datetime, wall: float) -> Due | None:
+        """The tick to claim at `now` (the group's time), if any; not before `retry_at`
+        (`wall`: this host's clock, as retry_at). A daemon that fell behind moves on to the
+        newest passed tick for good, whether or not it can claim it."""
+        if self.due > now or wall < self.retry_at:
+            return None
+        d = due_tick(self.schedule, self.due, now)
+        assert d is not None
+        self.due = d.tick
+        return d
+
+    def claim_failed(self, tick: Tick, wall: float) -> None:
+        """The claim of `tick` (= due) got no answer: it may have committed. Try it again, with
+        the same claim id, after RETRY_AFTER."""
+        self.unsure.add(tick)
+        self.retry_at = wall + RETRY_AFTER
+
+    def claim_decided(self, tick: Tick, following: datetime) -> None:
+        """The claim of `tick` was answered (whatever the outcome): on to the next tick."""
+        self.unsure.discard(tick)
+        self.due, self.retry_at = following, 0.0

@@ -1,0 +1,402 @@
+"""Every etcd operation of cron (all through conch.client): job definitions (`cron add` / `rm`),
+the listing snapshot, history pruning, and the daemon's claim, re-attach and result.
+
+Keys (conch.keys, all under the user's prefix):
+
+    cron/jobs/{enc(NAME)}            job definition JSON, no lease
+    cron/runs/{enc(NAME)}/{tick}     run record JSON, one per claimed tick, no lease (permanent)
+    cron/alive/{enc(NAME)}/{tick}    alive marker of a running run, on the winner daemon's lease
+    cron/marks/{enc(NAME)}           the job's low-water mark: the newest tick claimed
+
+A claim is one transaction: *if create_revision(run key) == 0 and mod_revision(job key) is
+the definition the daemon scheduled from, then put the run record (status running) and the
+alive marker*. Exactly one daemon can win a tick, and a run key is only deleted (history
+pruning, `cron rm`) once no daemon can still claim its tick, so a tick never runs twice. The
+winner rewrites the record with the result and deletes the marker in one transaction. The
+status shown by `cron ls` is derived: a record still saying `running` whose marker is gone
+(the winner's lease expired) is `lost` (docs/cron.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conch import __version__, keys
+from conch.client import Client, Compare, KeyValue, Op
+from conch.cron.model import HISTORY, Job, RunRecord, RunStatus, Tick, format_tick, prune_choice
+
+CLAIM_TIMEOUT = 5.0  # longest single claim transaction (and any other etcd call of conchd's)
+
+
+class JobExists(Exception):
+    """`cron add` of a name that already has a definition (without --replace)."""
+
+
+def host_record(cmd: Sequence[str], name: str, schedule: str, tz: str, **kw: Any) -> Job:
+    """A Job as `cron add` stores it (stamped with host, time and version)."""
+    import socket
+    import time
+
+    from conch.holder import rfc3339
+
+    return Job(
+        name=name,
+        schedule=schedule,
+        tz=tz,
+        cmd=tuple(cmd),
+        created=rfc3339(time.time()),
+        host=socket.gethostname(),
+        version=__version__,
+        **kw,
+    )
+
+
+# -- definitions (conch cron add / rm) ---------------------------------------------------------
+
+
+def add_job(client: Client, prefix: str, job: Job, replace: bool, now_tick: Tick) -> int:
+    """Store the definition. Without `replace`, only if NAME has none (else JobExists).
+    A new job's low-water mark becomes `now_tick` (the adder's clock) — or stays where it is if
+    a mark left by a removed job of the same name is ahead of that (ticks a daemon with a fast
+    clock already ran): no daemon, whatever its clock, claims a tick from before the job
+    existed or one that already ran. Safe to retry: a retried add that finds exactly what it
+    wrote succeeded. Returns the revision written."""
+    key, mark = keys.cron_job_key(prefix, job.name), keys.cron_mark_key(prefix, job.name)
+    value = job.to_json()
+    now_token = keys.tick_token(now_tick).encode()
+    while True:
+        old_mark, _ = client.get(mark)
+        mark_value = max(now_token, old_mark.value) if old_mark is not None else now_token
+        mark_guard = Compare(mark, "mod", "==", old_mark.mod_revision if old_mark else 0)
+        res = client.txn(
+            [Compare(key, "create", "==", 0), mark_guard],
+            [Op("put", key, value), Op("put", mark, mark_value)],
+            [Op("get", key)],
+        )
+        if res.succeeded:
+            return res.revision
+        got = res.responses[0] or []
+        if not got:
+            continue  # the mark moved meanwhile (a daemon claimed): read it again
+        if replace:
+            return client.put(key, value)
+        if got[0].value == value:  # our own write, whose answer was lost and retried
+            return got[0].mod_revision
+        raise JobExists(job.name)
+
+
+def remove_job(client: Client, prefix: str, name: str, now_tick: Tick) -> bool:
+    """Delete NAME's definition (False if it had none), then its history except the records
+    of runs still alive: those finish, and their winner writes the result (docs/cron.md).
+    The job's low-water mark goes too — unless it is ahead of `now_tick` (a daemon with a fast
+    clock ran ticks early): then it stays, so a job added again under the same name does not
+    run those ticks a second time. Safe to retry: the delete is guarded by the definition it
+    read, and a definition gone when the guard fails was deleted (by this call's own retried
+    request, or by another rm at the same moment): done either way."""
+    key, mark = keys.cron_job_key(prefix, name), keys.cron_mark_key(prefix, name)
+    now_token = keys.tick_token(now_tick).encode()
+    existed = False
+    while True:
+        kv, _ = client.get(key)
+        if kv is None:
+            break
+        res = client.txn(
+            [Compare(key, "mod", "==", kv.mod_revision)],
+            [Op("delete", key)],
+            [Op("get", key)],
+        )
+        existed = True
+        if res.succeeded or not (res.responses[0] or []):
+            break
+        # changed meanwhile (cron add --replace): delete what is there now
+    # the mark, unless it is ahead of the clock (guarded: a re-add may have set it meanwhile)
+    mark_kv, _ = client.get(mark)
+    if mark_kv is not None and mark_kv.value <= now_token:
+        client.txn(
+            [Compare(key, "create", "==", 0), Compare(mark, "mod", "==", mark_kv.mod_revision)],
+            [Op("delete", mark)],
+        )
+    prune_history(client, prefix, name, keep=0)
+    return existed
+
+
+# -- reading: the listing, history pruning -----------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Every job definition, run record and alive marker under a prefix, at one revision."""
+
+    revision: int
+    jobs: dict[str, tuple[Job | None, KeyValue]] = field(default_factory=dict)
+    runs: dict[str, dict[Tick, KeyValue]] = field(default_factory=dict)
+    alive: dict[str, set[Tick]] = field(default_factory=dict)
+
+
+def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
+    """One read transaction (one revision), so a run that finishes while we read can never be
+    seen as a `running` record without its marker (which would look `lost`)."""
+    if name is None:
+        jobs_key = keys.cron_jobs_dir(prefix)
+        jobs_end: bytes | None = keys.prefix_range_end(jobs_key)
+        runs_key, alive_key = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
+    else:
+        jobs_key, jobs_end = keys.cron_job_key(prefix, name), None
+        runs_key, alive_key = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
+    res = client.txn(
+        [],
+        [
+            Op("get", jobs_key, range_end=jobs_end),
+            Op("get", runs_key, range_end=keys.prefix_range_end(runs_key)),
+            Op("get", alive_key, range_end=keys.prefix_range_end(alive_key)),
+        ],
+    )
+    job_kvs, run_kvs, alive_kvs = (r or [] for r in res.responses)
+    snap = Snapshot(revision=res.revision)
+    for kv in job_kvs:
+        try:
+            jname = keys.cron_job_name(prefix, kv.key)
+        except ValueError:
+            continue
+        try:
+            job: Job | None = Job.from_json(jname, kv.value)
+        except ValueError:
+            job = None
+        snap.jobs[jname] = (job, kv)
+    runs_root, alive_root = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
+    for kv in run_kvs:
+        try:
+            rname, tick = keys.cron_split_tick_key(runs_root, kv.key)
+        except ValueError:
+            continue
+        snap.runs.setdefault(rname, {})[tick] = kv
+    for kv in alive_kvs:
+        try:
+            aname, tick = keys.cron_split_tick_key(alive_root, kv.key)
+        except ValueError:
+            continue
+        snap.alive.setdefault(aname, set()).add(tick)
+    return snap
+
+
+def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
+    """Delete NAME's run records beyond the newest `keep` (never an alive run's). Each delete is
+    guarded by the record's mod revision, so a record rewritten meanwhile (a result) stays.
+    Returns how many were deleted."""
+    runs_dir, alive_dir = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
+    res = client.txn(
+        [],
+        [
+            Op("get", runs_dir, range_end=keys.prefix_range_end(runs_dir)),
+            Op("get", alive_dir, range_end=keys.prefix_range_end(alive_dir)),
+        ],
+    )
+    run_kvs, alive_kvs = (r or [] for r in res.responses)
+    by_tick: dict[Tick, KeyValue] = {}
+    for kv in run_kvs:
+        try:
+            by_tick[keys.cron_tick(kv.key, runs_dir)] = kv
+        except ValueError:
+            continue
+    alive: set[Tick] = set()
+    for kv in alive_kvs:
+        try:
+            alive.add(keys.cron_tick(kv.key, alive_dir))
+        except ValueError:
+            continue
+    deleted = 0
+    for t in prune_choice(list(by_tick), alive, keep):
+        kv = by_tick[t]
+        # one guarded delete per record: a record rewritten meanwhile (a result) stays
+        r = client.txn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Op("delete", kv.key)])
+        deleted += r.succeeded
+    return deleted
+
+
+def previous_alive(
+    client: Client, prefix: str, name: str, tick: Tick, timeout: float | None = None
+) -> list[Tick]:
+    """Ticks of NAME's runs that are alive (markers on some daemon's lease), other than `tick`."""
+    d = keys.cron_alive_dir(prefix, name)
+    kvs, _ = client.get_range(d, keys.prefix_range_end(d), timeout=timeout)
+    out = []
+    for kv in kvs:
+        try:
+            t = keys.cron_tick(kv.key, d)
+        except ValueError:
+            continue
+        if t != tick:
+            out.append(t)
+    return out
+
+
+# -- the daemon's side: claim, re-attach, result -----------------------------------------------
+
+
+class ClaimOutcome(enum.Enum):
+    WON = "won"  # this daemon claimed the tick: run it
+    SKIPPED = "skipped"  # claimed, recorded as skipped (--overlap forbid, previous run alive)
+    TAKEN = "taken"  # another daemon claimed it
+    BEHIND = "behind"  # a tick at or before the job's low-water mark: never run (it was, or
+    #                    a newer tick was already claimed, or it predates the definition)
+    CHANGED = "changed"  # the definition changed or was removed meanwhile
+
+
+@dataclass
+class Claim:
+    outcome: ClaimOutcome
+    revision: int = 0  # the claim revision: CONCH_REV, and the running record's mod revision
+    record: RunRecord | None = None
+    mark: Tick | None = None  # BEHIND: the job's low-water mark
+
+
+def _own(stored: RunRecord, revision: int) -> Claim:
+    """Our own claim found committed: WON, or SKIPPED as recorded."""
+    mine = ClaimOutcome.SKIPPED if stored.status == RunStatus.SKIPPED else ClaimOutcome.WON
+    return Claim(mine, revision, stored)
+
+
+def claim(
+    client: Client,
+    prefix: str,
+    job: Job,
+    job_rev: int,
+    tick: Tick,
+    *,
+    daemon: str,
+    claim_id: str,
+    host: str,
+    lease: int,
+    now: str,
+    timeout: float | None = None,
+) -> Claim:
+    """Try to claim `tick` of `job` (defined at mod revision `job_rev`).
+
+    One transaction: *if the run key is absent, the definition is the one scheduled from, and
+    the tick is above the job's low-water mark, then put the run record, the alive marker and
+    the new mark*. The mark makes "at most once per tick" independent of clocks and of history
+    pruning: a daemon whose clock lags cannot claim a tick whose record was already pruned,
+    nor one from before a `cron rm` + `cron add`.
+
+    With overlap forbid, a tick whose previous run of the job is still alive is claimed as
+    SKIPPED (the record says so; nothing runs, no marker). The check is a read just before the
+    claim. `claim_id` identifies this daemon process: a claim whose answer was lost and that is
+    retried — by the client or by the daemon, even much later — finds its own record and is
+    WON (or SKIPPED, as recorded), never TAKEN."""
+    run_key = keys.cron_run_key(prefix, job.name, tick)
+    alive_key = keys.cron_alive_key(prefix, job.name, tick)
+    job_key = keys.cron_job_key(prefix, job.name)
+    mark_key = keys.cron_mark_key(prefix, job.name)
+    token = keys.tick_token(tick).encode()
+    busy: list[Tick] = []
+    if job.overlap == "forbid":
+        busy = previous_alive(client, prefix, job.name, tick, timeout=timeout)
+    rec = RunRecord(
+        tick=format_tick(tick),
+        status=RunStatus.SKIPPED if busy else RunStatus.RUNNING,
+        daemon=daemon,
+        host=host,
+        claim=claim_id,
+        claimed=now,
+        started=None if busy else now,
+        reason=(f"previous run (tick {format_tick(max(busy))}) still running" if busy else ""),
+    )
+    ops = [Op("put", run_key, rec.to_json()), Op("put", mark_key, token)]
+    if not busy:
+        ops.append(Op("put", alive_key, daemon.encode(), lease=lease))
+    for _attempt in range(2):
+        res = client.txn(
+            [
+                Compare(run_key, "create", "==", 0),
+                Compare(job_key, "mod", "==", job_rev),
+                Compare(mark_key, "value", "<", token),
+            ],
+            ops,
+            [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
+            timeout=timeout,
+        )
+        if res.succeeded:
+            return Claim(ClaimOutcome.SKIPPED if busy else ClaimOutcome.WON, res.revision, rec)
+        run_kvs, job_kvs, mark_kvs = (r or [] for r in res.responses)
+        if run_kvs:
+            kv = run_kvs[0]
+            stored = RunRecord.from_json(kv.value)
+            if stored.claim == claim_id and kv.version == 1:
+                # ours, as claimed and never touched since: the answer was lost and the claim
+                # retried. A record rewritten since (a result) is a tick this daemon already
+                # ran — its schedule came back to it (the definition was replaced, its clock
+                # stepped back): never again.
+                return _own(stored, kv.create_revision)
+            return Claim(ClaimOutcome.TAKEN, kv.create_revision)
+        if not job_kvs or job_kvs[0].mod_revision != job_rev:
+            return Claim(ClaimOutcome.CHANGED)
+        if mark_kvs:
+            return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark_kvs[0].value))
+        # a definition without a mark (written by hand or by an older conch): give it one
+        # that lets every tick through, then claim again
+        client.txn(
+            [Compare(mark_key, "create", "==", 0), Compare(job_key, "mod", "==", job_rev)],
+            [Op("put", mark_key, b"")],
+            timeout=timeout,
+        )
+    return Claim(ClaimOutcome.CHANGED)
+
+
+def _mark_tick(value: bytes) -> Tick | None:
+    """The tick of a mark's value; None for the empty mark (every tick passes) or a damaged
+    one."""
+    try:
+        return keys.cron_tick(value)
+    except ValueError:
+        return None
+
+
+def own_claim(
+    client: Client, prefix: str, name: str, tick: Tick, claim_id: str, timeout: float | None = None
+) -> Claim | None:
+    """The claim of `tick` made by the daemon process `claim_id`, if one committed (its
+    answer was lost and the daemon moved on): WON or SKIPPED as recorded, or None."""
+    kv, _ = client.get(keys.cron_run_key(prefix, name, tick), timeout=timeout)
+    if kv is None:
+        return None
+    stored = RunRecord.from_json(kv.value)
+    if stored.claim != claim_id or kv.version != 1:  # not ours, or already run
+        return None
+    return _own(stored, kv.create_revision)
+
+
+def reattach(
+    client: Client,
+    prefix: str,
+    name: str,
+    tick: Tick,
+    record_rev: int,
+    daemon: str,
+    lease: int,
+    timeout: float | None = None,
+) -> bool:
+    """After the daemon got a new lease: put the alive marker of a run that is still running
+    back, on the new lease — only if its record is still the running record we wrote."""
+    run_key = keys.cron_run_key(prefix, name, tick)
+    alive_key = keys.cron_alive_key(prefix, name, tick)
+    res = client.txn(
+        [Compare(run_key, "mod", "==", record_rev)],
+        [Op("put", alive_key, daemon.encode(), lease=lease)],
+        timeout=timeout,
+    )
+    return res.succeeded
+
+
+def finish(
+    client: Client, prefix: str, name: str, tick: Tick, rec: RunRecord, timeout: float | None = None
+) -> int:
+    """Write the result and delete the alive marker, atomically. Returns the revision."""
+    run_key = keys.cron_run_key(prefix, name, tick)
+    alive_key = keys.cron_alive_key(prefix, name, tick)
+    res = client.txn(
+        [], [Op("put", run_key, rec.to_json()), Op("delete", alive_key)], timeout=timeout
+    )
+    return res.revision
