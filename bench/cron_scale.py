@@ -14,8 +14,8 @@ Measured per size:
 * the floor, in the same run: one bare Python loop that starts the same N children with
   `subprocess.Popen` (lag = child start − loop start).
 
-Jobs are written straight into etcd with conch's own store (`cron.add_job`), as `cron add`
-would, many at a time; conchd is started after, so the daemons read them all at start-up.
+Jobs are written straight into etcd with conch's own store (conch.cron.store.add_job), as
+`cron add` would, many at a time; conchd is started after, so the daemons read them all at start-up.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import poll, quiet_env, summary
-from conch import cron
 from conch.client import Client, ClientConfig
+from conch.cron import model, store
 
 DAEMONS = 3
 SETTLE = 4.0  # the tick: this long after the jobs are written ...
@@ -56,13 +56,13 @@ def due_schedule(at: float) -> tuple[str, float]:
 
 def _add_jobs(endpoints: list[str], prefix: str, n: int, schedule: str, log: Path) -> None:
     cmd = ["bash", "-c", CHILD.format(log=log)]
-    now_us = cron.tick_us(datetime.now(UTC))
+    now_tick = model.tick_of(datetime.now(UTC))
     client = Client(ClientConfig(endpoints=tuple(endpoints)))
     try:
 
         def add(i: int) -> None:
-            job = cron.host_record(cmd, f"job{i:05d}", schedule, "UTC")
-            cron.add_job(client, prefix, job, replace=False, now_us=now_us)
+            job = store.host_record(cmd, f"job{i:05d}", schedule, "UTC")
+            store.add_job(client, prefix, job, replace=False, now_tick=now_tick)
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(add, range(n)))
@@ -131,7 +131,7 @@ def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str
         out = open(work / f"conchd-{i}.log", "wb")  # noqa: SIM115
         logs.append(work / f"conchd-{i}.log")
         daemons.append(subprocess.Popen(
-            [sys.executable, "-m", "conch.conchd", "--id", f"d{i}", "--ttl", "10s"],
+            [sys.executable, "-m", "conch.cron.command", "--id", f"d{i}", "--ttl", "10s"],
             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         ))  # fmt: skip
         out.close()
