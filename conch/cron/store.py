@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conch import __version__, keys
-from conch.client import Client, Compare, KeyValue, Op
+from conch.client import Client, Compare, KeyValue, Op, SubTxn
 from conch.cron.model import HISTORY, Job, RunRecord, RunStatus, Tick, format_tick, prune_choice
 
 CLAIM_TIMEOUT = 5.0  # longest single claim transaction (and any other etcd call of conchd's)
@@ -216,23 +216,6 @@ def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -
     return deleted
 
 
-def previous_alive(
-    client: Client, prefix: str, name: str, tick: Tick, timeout: float | None = None
-) -> list[Tick]:
-    """Ticks of NAME's runs that are alive (markers on some daemon's lease), other than `tick`."""
-    d = keys.cron_alive_dir(prefix, name)
-    kvs, _ = client.get_range(d, keys.prefix_range_end(d), timeout=timeout)
-    out = []
-    for kv in kvs:
-        try:
-            t = keys.cron_tick(kv.key, d)
-        except ValueError:
-            continue
-        if t != tick:
-            out.append(t)
-    return out
-
-
 # -- the daemon's side: claim, re-attach, result -----------------------------------------------
 
 
@@ -259,6 +242,35 @@ def _own(stored: RunRecord, revision: int) -> Claim:
     return Claim(mine, revision, stored)
 
 
+CLAIMS_PER_TXN = 125  # nested claims per transaction: 125 + their 3 ops <= --max-txn-ops 128
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """A tick to claim: `tick` of `job`, as defined at mod revision `job_rev`."""
+
+    job: Job
+    job_rev: int
+    tick: Tick
+
+
+def alive_ticks(client: Client, prefix: str, timeout: float | None = None) -> dict[str, set[Tick]]:
+    """Every job's alive runs (markers on some daemon's lease): one keys-only read."""
+    root = keys.cron_alive_root(prefix)
+    res = client.txn(
+        [], [Op("get", root, range_end=keys.prefix_range_end(root), keys_only=True)],
+        timeout=timeout,
+    )  # fmt: skip
+    out: dict[str, set[Tick]] = {}
+    for kv in res.responses[0] or []:
+        try:
+            name, tick = keys.cron_split_tick_key(root, kv.key)
+        except ValueError:
+            continue
+        out.setdefault(name, set()).add(tick)
+    return out
+
+
 def claim(
     client: Client,
     prefix: str,
@@ -273,76 +285,135 @@ def claim(
     now: str,
     timeout: float | None = None,
 ) -> Claim:
-    """Try to claim `tick` of `job` (defined at mod revision `job_rev`).
+    """Try to claim `tick` of `job` (defined at mod revision `job_rev`): claim_many of one."""
+    [c] = claim_many(
+        client, prefix, [ClaimRequest(job, job_rev, tick)], daemon=daemon, claim_id=claim_id,
+        host=host, lease=lease, now=now, timeout=timeout,
+    )  # fmt: skip
+    return c
 
-    One transaction: *if the run key is absent, the definition is the one scheduled from, and
-    the tick is above the job's low-water mark, then put the run record, the alive marker and
-    the new mark*. The mark makes "at most once per tick" independent of clocks and of history
-    pruning: a daemon whose clock lags cannot claim a tick whose record was already pruned,
-    nor one from before a `cron rm` + `cron add`.
+
+def claim_many(
+    client: Client,
+    prefix: str,
+    wants: Sequence[ClaimRequest],
+    *,
+    daemon: str,
+    claim_id: str,
+    host: str,
+    lease: int,
+    now: str,
+    timeout: float | None = None,
+) -> list[Claim]:
+    """Try to claim each tick in `wants` (at most CLAIMS_PER_TXN): the Claim of each, in order.
+
+    Each claim is one transaction, nested in one outer transaction with the others (one round
+    trip; each is judged on its own): *if the run key is absent, the definition is the one
+    scheduled from, and the tick is above the job's low-water mark, then put the run record,
+    the alive marker and the new mark*. The mark makes "at most once per tick" independent of
+    clocks and of history pruning: a daemon whose clock lags cannot claim a tick whose record
+    was already pruned, nor one from before a `cron rm` + `cron add`.
 
     With overlap forbid, a tick whose previous run of the job is still alive is claimed as
-    SKIPPED (the record says so; nothing runs, no marker). The check is a read just before the
-    claim. `claim_id` identifies this daemon process: a claim whose answer was lost and that is
-    retried — by the client or by the daemon, even much later — finds its own record and is
-    WON (or SKIPPED, as recorded), never TAKEN."""
-    run_key = keys.cron_run_key(prefix, job.name, tick)
-    alive_key = keys.cron_alive_key(prefix, job.name, tick)
-    job_key = keys.cron_job_key(prefix, job.name)
-    mark_key = keys.cron_mark_key(prefix, job.name)
-    token = keys.tick_token(tick).encode()
-    busy: list[Tick] = []
-    if job.overlap == "forbid":
-        busy = previous_alive(client, prefix, job.name, tick, timeout=timeout)
-    rec = RunRecord(
-        tick=format_tick(tick),
-        status=RunStatus.SKIPPED if busy else RunStatus.RUNNING,
-        daemon=daemon,
-        host=host,
-        claim=claim_id,
-        claimed=now,
-        started=None if busy else now,
-        reason=(f"previous run (tick {format_tick(max(busy))}) still running" if busy else ""),
-    )
-    ops = [Op("put", run_key, rec.to_json()), Op("put", mark_key, token)]
-    if not busy:
-        ops.append(Op("put", alive_key, daemon.encode(), lease=lease))
+    SKIPPED (the record says so; nothing runs, no marker). The check is one read of every
+    alive marker just before the claims. `claim_id` identifies this daemon process: a claim
+    whose answer was lost and that is retried — by the client or by the daemon, even much
+    later — finds its own record and is WON (or SKIPPED, as recorded), never TAKEN.
+
+    An EtcdError fails the whole call: any of the claims may have committed."""
+    if len(wants) > CLAIMS_PER_TXN:
+        raise ValueError(f"at most {CLAIMS_PER_TXN} claims in one transaction")
+    alive: dict[str, set[Tick]] = {}
+    if any(w.job.overlap == "forbid" for w in wants):
+        alive = alive_ticks(client, prefix, timeout=timeout)
+    records = []
+    for w in wants:
+        busy = sorted(alive.get(w.job.name, set()) - {w.tick}) if w.job.overlap == "forbid" else []
+        records.append(RunRecord(
+            tick=format_tick(w.tick),
+            status=RunStatus.SKIPPED if busy else RunStatus.RUNNING,
+            daemon=daemon,
+            host=host,
+            claim=claim_id,
+            claimed=now,
+            started=None if busy else now,
+            reason=f"previous run (tick {format_tick(busy[-1])}) still running" if busy else "",
+        ))  # fmt: skip
+    out: list[Claim | None] = [None] * len(wants)
+    todo = list(range(len(wants)))
     for _attempt in range(2):
+        if not todo:
+            break
         res = client.txn(
-            [
-                Compare(run_key, "create", "==", 0),
-                Compare(job_key, "mod", "==", job_rev),
-                Compare(mark_key, "value", "<", token),
-            ],
-            ops,
-            [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
-            timeout=timeout,
+            [], [_claim_txn(prefix, wants[i], records[i], lease) for i in todo], timeout=timeout
         )
-        if res.succeeded:
-            return Claim(ClaimOutcome.SKIPPED if busy else ClaimOutcome.WON, res.revision, rec)
-        run_kvs, job_kvs, mark_kvs = (r or [] for r in res.responses)
-        if run_kvs:
-            kv = run_kvs[0]
-            stored = RunRecord.from_json(kv.value)
-            if stored.claim == claim_id and kv.version == 1:
-                # ours, as claimed and never touched since: the answer was lost and the claim
-                # retried. A record rewritten since (a result) is a tick this daemon already
-                # ran — its schedule came back to it (the definition was replaced, its clock
-                # stepped back): never again.
-                return _own(stored, kv.create_revision)
-            return Claim(ClaimOutcome.TAKEN, kv.create_revision)
-        if not job_kvs or job_kvs[0].mod_revision != job_rev:
-            return Claim(ClaimOutcome.CHANGED)
-        if mark_kvs:
-            return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark_kvs[0].value))
-        # a definition without a mark (written by hand or by an older conch): give it one
-        # that lets every tick through, then claim again
-        client.txn(
-            [Compare(mark_key, "create", "==", 0), Compare(job_key, "mod", "==", job_rev)],
-            [Op("put", mark_key, b"")],
-            timeout=timeout,
-        )
-    return Claim(ClaimOutcome.CHANGED)
+        unmarked = []
+        for i, r in zip(todo, res.responses, strict=True):
+            rec = records[i]
+            if r.succeeded:
+                won = ClaimOutcome.SKIPPED if rec.status == RunStatus.SKIPPED else ClaimOutcome.WON
+                out[i] = Claim(won, res.revision, rec)
+            else:
+                c = _failed_claim(r.responses, wants[i].job_rev, claim_id)
+                if c is None:
+                    unmarked.append(i)
+                else:
+                    out[i] = c
+        # definitions without a mark (written by hand or by an older conch): give each one
+        # that lets every tick through, then claim those again
+        for i in unmarked:
+            w = wants[i]
+            job_key = keys.cron_job_key(prefix, w.job.name)
+            mark_key = keys.cron_mark_key(prefix, w.job.name)
+            client.txn(
+                [Compare(mark_key, "create", "==", 0), Compare(job_key, "mod", "==", w.job_rev)],
+                [Op("put", mark_key, b"")],
+                timeout=timeout,
+            )
+        todo = unmarked
+    return [c if c is not None else Claim(ClaimOutcome.CHANGED) for c in out]
+
+
+def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubTxn:
+    name, tick = w.job.name, w.tick
+    run_key = keys.cron_run_key(prefix, name, tick)
+    job_key = keys.cron_job_key(prefix, name)
+    mark_key = keys.cron_mark_key(prefix, name)
+    token = keys.tick_token(tick).encode()
+    ops = [Op("put", run_key, rec.to_json()), Op("put", mark_key, token)]
+    if rec.status == RunStatus.RUNNING:
+        alive_key = keys.cron_alive_key(prefix, name, tick)
+        ops.append(Op("put", alive_key, rec.daemon.encode(), lease=lease))
+    return SubTxn(
+        [
+            Compare(run_key, "create", "==", 0),
+            Compare(job_key, "mod", "==", w.job_rev),
+            Compare(mark_key, "value", "<", token),
+        ],
+        ops,
+        [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
+    )
+
+
+def _failed_claim(responses: list[Any], job_rev: int, claim_id: str) -> Claim | None:
+    """Why a claim's guards failed, from its failure branch's reads (run, job, mark); None: the
+    job has no mark yet."""
+    run_kvs, job_kvs, mark_kvs = (r or [] for r in responses)
+    if run_kvs:
+        kv = run_kvs[0]
+        stored = RunRecord.from_json(kv.value)
+        if stored.claim == claim_id and kv.version == 1:
+            # ours, as claimed and never touched since: the answer was lost and the claim
+            # retried. A record rewritten since (a result) is a tick this daemon already ran —
+            # its schedule came back to it (the definition was replaced, its clock stepped
+            # back): never again.
+            return _own(stored, kv.create_revision)
+        return Claim(ClaimOutcome.TAKEN, kv.create_revision)
+    if not job_kvs or job_kvs[0].mod_revision != job_rev:
+        return Claim(ClaimOutcome.CHANGED)
+    if mark_kvs:
+        return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark_kvs[0].value))
+    return None
 
 
 def _mark_tick(value: bytes) -> Tick | None:
