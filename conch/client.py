@@ -845,15 +845,17 @@ class Client:
         return kv, resp.header.revision
 
     def get_range(
-        self, key: bytes, range_end: bytes, timeout: float | None = None
+        self, key: bytes, range_end: bytes, timeout: float | None = None, keys_only: bool = False
     ) -> tuple[list[KeyValue], int]:
-        """All keys in [key, range_end), sorted by key; and the header revision."""
+        """All keys in [key, range_end), sorted by key (without their values if `keys_only`);
+        and the header revision."""
         pb, _ = _pb()
         req = pb.RangeRequest(
             key=key,
             range_end=range_end,
             sort_order=pb.RangeRequest.ASCEND,
             sort_target=pb.RangeRequest.KEY,
+            keys_only=keys_only,
         )
         resp = self._call("KV", "Range", req, timeout)
         return [_kv(kv) for kv in resp.kvs], resp.header.revision

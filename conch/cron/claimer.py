@@ -18,8 +18,9 @@ from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
 from conch.cron.metrics import ClaimResult, NoMetrics
 from conch.cron.model import Job, RunStatus, Tick, format_tick, tick_of
-from conch.cron.scheduler import JobState
-from conch.cron.store import CLAIM_TIMEOUT, Claim, ClaimOutcome
+from conch.cron.scheduler import Due, JobState
+from conch.cron.share import rank
+from conch.cron.store import CLAIM_TIMEOUT, CLAIMS_PER_TXN, Claim, ClaimOutcome, ClaimRequest
 from conch.holder import rfc3339
 
 if TYPE_CHECKING:
@@ -59,45 +60,78 @@ class Claimer:
         # identifies this daemon process's claims: a retried claim whose first answer was
         # lost finds its own record (store.claim); a restarted daemon gets a new one
         self.claim_id = uuid.uuid4().hex
+        self._peers: frozenset[str] = frozenset()  # the live daemons the delays are for
+        self._ranks: dict[str, int] = {}  # job name -> this daemon's rank among those peers
 
     def claim_due(
-        self, jobs: dict[str, JobState], session: Session | None, stopping: threading.Event
+        self,
+        jobs: dict[str, JobState],
+        session: Session | None,
+        stopping: threading.Event,
+        peers: frozenset[str] = frozenset(),
     ) -> None:
-        """Claim every tick due now, job by job; nothing without a trusted lease."""
+        """Claim every tick due now — this daemon's share of the jobs at their tick, the
+        others' a little later (conch.cron.share; `peers`: the live daemons) — up to
+        CLAIMS_PER_TXN in one transaction; nothing without a trusted lease."""
         s = session
-        for name in sorted(jobs):
-            st = jobs.get(name)
-            if st is None or stopping.is_set():
-                return
-            if st.unsure and s is not None and s.is_trusted():
-                self._resolve_unsure(st)
-            due = st.due_at(datetime.fromtimestamp(self._clock(), UTC), time.time())
+        if s is not None and s.is_trusted():
+            for st in list(jobs.values()):
+                if st.unsure:
+                    self._resolve_unsure(st)
+        if peers != self._peers:
+            self._peers, self._ranks = peers, {}
+        daemons = len(peers | {self.daemon_id})
+        now, wall = datetime.fromtimestamp(self._clock(), UTC), time.time()
+        wants: list[tuple[JobState, Due]] = []
+        for name, st in jobs.items():
+            st.rank, st.daemons = self._rank(name), daemons
+            due = st.due_at(now, wall)
             if due is None:
                 continue
             if due.passed:  # this daemon fell behind: only the newest due tick counts
                 log.debug("job %r: %d tick(s) passed unclaimed here", name, due.passed)
-            if s is None or not s.is_trusted():
+            wants.append((st, due))
+        if not wants or s is None or not s.is_trusted():
+            return
+        wants.sort(key=lambda w: (w[1].tick, w[0].rank, w[0].job.name))
+        for i in range(0, len(wants), CLAIMS_PER_TXN):
+            if stopping.is_set() or not self._claim_batch(wants[i : i + CLAIMS_PER_TXN], s):
                 return
-            tick = tick_of(due.tick)
-            left = due.following.timestamp() - self._clock()
-            try:
-                c = store.claim(
-                    self.client, self.prefix, st.job, st.rev, tick, daemon=self.daemon_id,
-                    claim_id=self.claim_id, host=self.host, lease=s.lease_id,
-                    now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
-                )  # fmt: skip
-            except EtcdClusterChanged:
-                raise
-            except EtcdError as e:
-                if "lease not found" in str(e):
-                    s.mark_lost(f"lease {s.lease_id:x} not found")
-                    return
-                log.warning("job %r tick %s: claim failed: %s; retrying", name,
-                            format_tick(tick), e)  # fmt: skip
-                st.claim_failed(tick, time.time())  # the same tick, the same claim id
-                continue
-            st.claim_decided(tick, due.following)
-            self._claimed(st.job, tick, c, s.lease_id)
+
+    def _rank(self, name: str) -> int:
+        r = self._ranks.get(name)
+        if r is None:
+            r = self._ranks[name] = rank(self.daemon_id, self._peers, name)
+        return r
+
+    def _claim_batch(self, batch: list[tuple[JobState, Due]], s: Session) -> bool:
+        """Claim the ticks of `batch` in one transaction; act on each outcome. False: stop
+        claiming for now (the lease is gone)."""
+        left = min(due.following.timestamp() for _, due in batch) - self._clock()
+        wants = [ClaimRequest(st.job, st.rev, tick_of(due.tick)) for st, due in batch]
+        try:
+            claims = store.claim_many(
+                self.client, self.prefix, wants, daemon=self.daemon_id,
+                claim_id=self.claim_id, host=self.host, lease=s.lease_id,
+                now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
+            )  # fmt: skip
+        except EtcdClusterChanged:
+            raise
+        except EtcdError as e:
+            if "lease not found" in str(e):
+                s.mark_lost(f"lease {s.lease_id:x} not found")
+                return False
+            first = wants[0]
+            log.warning("claim of %d tick(s) (job %r tick %s%s) failed: %s; retrying",
+                        len(wants), first.job.name, format_tick(first.tick),
+                        ", ..." if len(wants) > 1 else "", e)  # fmt: skip
+            for (st, _due), w in zip(batch, wants, strict=True):
+                st.claim_failed(w.tick, time.time())  # the same tick, the same claim id
+            return True
+        for (st, due), w, c in zip(batch, wants, claims, strict=True):
+            st.claim_decided(w.tick, due.following)
+            self._claimed(st.job, w.tick, c, s.lease_id)
+        return True
 
     def _resolve_unsure(self, st: JobState) -> None:
         """A claim whose answer was lost may have committed: if it did, the tick is this

@@ -146,7 +146,7 @@ class Daemon:
             return False
         self._drain(self._wait_time())
         if self.heartbeat.settled():  # checked before reading the (corrected) time
-            self.claimer.claim_due(self.jobs, self.session, self.stopping)
+            self.claimer.claim_due(self.jobs, self.session, self.stopping, self.heartbeat.peers())
         return True
 
     def _outage(self, what: str, e: Exception) -> None:

@@ -69,6 +69,7 @@ class Heartbeat(threading.Thread):
         self._echo_since: float | None = None
         self._last_echo = -math.inf
         self._settled = False
+        self._present: frozenset[str] = frozenset()  # ids whose heartbeat key is there
         self._lock = threading.Lock()
         self._base = time.time() - time.monotonic()  # this host's wall clock - steady clock
 
@@ -111,6 +112,13 @@ class Heartbeat(threading.Thread):
                 self._clocks.shift(step)
                 self._update(time.monotonic())
             return self._correction
+
+    def peers(self) -> frozenset[str]:
+        """The ids of the daemons whose heartbeat key is there (this one's included once it
+        beats): the live daemons, as of the last listing and the events since. A dead daemon's
+        key stays until its lease expires."""
+        with self._lock:
+            return self._present
 
     def halt(self) -> None:
         """Stop beating and watching (join() to wait for it)."""
@@ -157,6 +165,8 @@ class Heartbeat(threading.Thread):
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 present.add(keys.decode_name(kv.key[len(self._dir) :].decode("ascii")))
         w = self.client.watch(self._dir, end, start_revision=rev + 1)
+        with self._lock:
+            self._present = frozenset(present)
         if self._settle_at == math.inf:  # the first listing
             self._waiting_for = present - {self.id}
             # with peers listed, wait for each of them (a dead one's key lingers until its
@@ -189,10 +199,18 @@ class Heartbeat(threading.Thread):
                             self._echo_since = now_m  # a gap: the watch was not working
                         self._last_echo = now_m
                 continue
+            try:
+                peer = keys.decode_name(ev.kv.key[len(self._dir) :].decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            with self._lock:
+                if ev.type is EventType.DELETE:
+                    self._present -= {peer}
+                else:
+                    self._present |= {peer}
             if ev.type is EventType.DELETE:
                 continue  # a peer gone quiet: its last offsets age out (clockskew.SAMPLE_AGE)
             try:
-                peer = keys.decode_name(ev.kv.key[len(self._dir) :].decode("ascii"))
                 peer_time = json.loads(ev.kv.value)["time"]
             except (ValueError, UnicodeDecodeError, KeyError, TypeError):
                 continue

@@ -10,10 +10,11 @@ the older ones are not claimed here (another daemon may have claimed them in tim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from conch.cron.model import Job, Tick
+from conch.cron.share import claim_delay
 
 if TYPE_CHECKING:
     from conch.schedule import Schedule
@@ -54,6 +55,11 @@ class JobState:
     # ticks whose claim transaction may have committed without this daemon hearing the answer
     # (it failed with an etcd error) and that it moved past: resolved by a read (own_claim)
     unsure: set[Tick] = field(default_factory=set)
+    # conch.cron.share: how many live daemons come before this one for the job (0: its own
+    # share, claimed at the tick; the others' a little later), and how many there are
+    rank: int = 0
+    daemons: int = 1
+    _waiting: float = 0.0  # the delay due_at last found unexpired, for wake_at
 
     @classmethod
     def start(cls, job: Job, rev: int, now: datetime) -> JobState:
@@ -66,17 +72,23 @@ class JobState:
 
     def wake_at(self) -> float:
         """When this job next needs the scheduler (a Unix time)."""
-        return max(self.due.timestamp(), self.retry_at)
+        return max(self.due.timestamp() + self._waiting, self.retry_at)
 
     def due_at(self, now: datetime, wall: float) -> Due | None:
         """The tick to claim at `now` (the group's time), if any; not before `retry_at`
-        (`wall`: this host's clock, as retry_at). A daemon that fell behind moves on to the
-        newest passed tick for good, whether or not it can claim it."""
+        (`wall`: this host's clock, as retry_at), nor before this daemon's claim delay after
+        the tick (conch.cron.share). A daemon that fell behind moves on to the newest passed
+        tick for good, whether or not it can claim it."""
         if self.due > now or wall < self.retry_at:
             return None
         d = due_tick(self.schedule, self.due, now)
         assert d is not None
         self.due = d.tick
+        period = (d.following - d.tick).total_seconds()
+        self._waiting = claim_delay(self.rank, period, self.daemons)
+        if now < d.tick + timedelta(seconds=self._waiting):
+            return None
+        self._waiting = 0.0
         return d
 
     def claim_failed(self, tick: Tick, wall: float) -> None:

@@ -257,12 +257,9 @@ class ClaimRequest:
 def alive_ticks(client: Client, prefix: str, timeout: float | None = None) -> dict[str, set[Tick]]:
     """Every job's alive runs (markers on some daemon's lease): one keys-only read."""
     root = keys.cron_alive_root(prefix)
-    res = client.txn(
-        [], [Op("get", root, range_end=keys.prefix_range_end(root), keys_only=True)],
-        timeout=timeout,
-    )  # fmt: skip
+    kvs, _ = client.get_range(root, keys.prefix_range_end(root), timeout=timeout, keys_only=True)
     out: dict[str, set[Tick]] = {}
-    for kv in res.responses[0] or []:
+    for kv in kvs:
         try:
             name, tick = keys.cron_split_tick_key(root, kv.key)
         except ValueError:

@@ -184,6 +184,8 @@ def test_nested_txns_judge_their_own_guards_in_one_round_trip(client: Client, pr
     )
     kvs = got.responses[0]
     assert [kv.key for kv in kvs] == [taken, *free] and {kv.value for kv in kvs} == {b""}
+    kvs, _ = client.get_range(prefix.encode(), _end(prefix.encode()), keys_only=True)
+    assert [kv.key for kv in kvs] == [taken, *free] and {kv.value for kv in kvs} == {b""}
 
 
 def test_txn_create_if_absent(client: Client, prefix: str) -> None:

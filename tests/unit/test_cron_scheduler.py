@@ -148,3 +148,28 @@ def test_job_state_claim_cycle() -> None:
     st_.claim_decided(tick_of(T0), again.following)
     assert (st_.due, st_.retry_at, st_.unsure) == (T0 + 10 * SEC, 0.0, set())
     assert st_.wake_at() == w + 10
+
+
+# -- the claim delay of another daemon's share (conch.cron.share) ----------------------------
+
+
+def test_a_job_of_another_daemons_share_is_due_a_step_after_its_tick() -> None:
+    st = JobState(job("@every 60s"), 1, every(60), T0, rank=1, daemons=3)
+    assert st.due_at(T0 + 0.1 * SEC, 0.0) is None
+    assert st.wake_at() == (T0 + 0.5 * SEC).timestamp()  # woken when its turn comes
+    d = st.due_at(T0 + 0.5 * SEC, 0.0)
+    assert d is not None and d.tick == T0
+
+
+def test_with_a_short_period_every_daemon_has_its_try_in_the_first_half() -> None:
+    for rank in range(3):
+        st = JobState(job("@every 1s"), 1, every(1), T0, rank=rank, daemons=3)
+        assert st.due_at(T0 + 0.5 * SEC, 0.0) is not None, rank
+
+
+def test_a_delayed_daemon_that_fell_behind_still_moves_to_the_newest_tick() -> None:
+    st = JobState(job("@every 10s"), 1, every(10), T0, rank=2, daemons=3)
+    assert st.due_at(T0 + 20.1 * SEC, 0.0) is None  # T0+20s's turn for rank 2: +1 s
+    assert st.due == T0 + 20 * SEC  # T0 and T0+10s are not claimed here
+    d = st.due_at(T0 + 21 * SEC, 0.0)
+    assert d is not None and d.tick == T0 + 20 * SEC
