@@ -524,6 +524,24 @@ class Watchdog:
         self._proc.wait()
         self._close_stdout()
 
+    def wait(self) -> int:
+        """Block until the watchdog process ends; its exit status."""
+        return self._proc.wait()
+
+    def close(self, timeout: float = 0.5) -> None:
+        """conchd's form, at its end: close the pipe (the watchdog kills the groups still
+        guarded, if any, and exits) and reap it if it is done within `timeout`; one still
+        killing groups is left to finish on its own."""
+        import subprocess
+
+        with self._lock:
+            if self._stdin is not None:
+                with contextlib.suppress(OSError):
+                    self._stdin.close()
+                self._stdin = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout)
+
     def _send(self, line: str) -> None:
         """Write one line; caller holds the lock. Never raises."""
         if self._stdin is None or self.broken:

@@ -26,6 +26,7 @@ from conch.client import (
 )
 from conch.cron import store
 from conch.cron.claimer import Claimer
+from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
 from conch.cron.housekeeper import Housekeeper
 from conch.cron.metrics import NoMetrics
@@ -73,9 +74,11 @@ class Daemon:
             client, prefix, daemon_id, self.host, metrics, self.time,
             start_run=self._start_run, on_skipped=self.housekeeper.request,
         )  # fmt: skip
+        self.guard = GroupGuard()  # one watchdog for every run's process group
         self._run_context = RunContext(
-            client, prefix, metrics, self.stopping, lambda: self.stop_signal, self._run_finished
-        )
+            client, prefix, metrics, self.stopping, lambda: self.stop_signal, self._run_finished,
+            self.guard,
+        )  # fmt: skip
 
     # -- signals ---------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: object = None) -> None:
@@ -332,6 +335,7 @@ class Daemon:
 
         _join_all([r.thread for r in runs], longest + SIGKILL_GRACE + RESULT_GRACE + 1.0)
         _join_all([self.housekeeper, self.heartbeat], STOP_SPARE)
+        self.guard.close()  # kills the groups of runs that did not end in time, if any
         if self.session is not None:
             self.session.close(revoke=True)
         log.info("stopped")

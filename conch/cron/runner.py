@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import os
 import shlex
 import signal
@@ -23,6 +22,7 @@ from dataclasses import dataclass, replace
 from conch import keys
 from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
+from conch.cron.guard import GroupGuard
 from conch.cron.metrics import NoMetrics
 from conch.cron.model import Job, RunRecord, RunStatus, Tick, format_tick, result_status
 from conch.cron.output import OutputReader
@@ -52,6 +52,7 @@ class RunContext:
     stopping: threading.Event  # set when conchd stops: the child gets its signal
     stop_signal: Callable[[], int | None]  # the signal conchd is stopping on (None: SIGTERM)
     on_finished: Callable[[Run], None]  # the run's report, called last in its thread
+    guard: GroupGuard  # the daemon's one watchdog, for every run's process group
 
 
 class Run:
@@ -90,7 +91,6 @@ class Run:
 
     def _execute(self) -> RunRecord:
         from conch.supervisor import Child
-        from conch.watchdog import Watchdog
 
         job, metrics = self.job, self.ctx.metrics
         env = dict(os.environ)
@@ -107,14 +107,15 @@ class Run:
                 duration=0.0, reason=msg, output=msg,
             )  # fmt: skip
 
-        # the watchdog first: it kills the group if conchd dies (SIGKILL, OOM), so no orphan
-        # outlives its daemon; if it cannot be started, the job is not run at all
+        # the daemon's watchdog first: it kills the group if conchd dies (SIGKILL, OOM), so no
+        # orphan outlives its daemon; if none can be started, the job is not run at all
+        guard = self.ctx.guard
         try:
-            wd = Watchdog.spawn()
+            guard.ready()
         except OSError as e:
             return not_run(EXIT_OSERR, f"cannot start the watchdog: {e.strerror or e}")
-        # the child waits at its gate until the watchdog is armed: a conchd that dies before
-        # closes the gate, and the command never starts
+        # the child waits at its gate until the watchdog guards its group: a conchd that dies
+        # before closes the gate, and the command never starts
         out_r, out_w = os.pipe()
         try:
             with open(os.devnull, "rb") as devnull:
@@ -123,17 +124,15 @@ class Run:
                 )
         except ConchError as e:
             os.close(out_r)
-            wd.disarm()
             return not_run(e.exit_code, str(e))
         finally:
             os.close(out_w)
         try:
-            wd.arm(child.pgid, job.kill_after, math.inf)
+            guard.guard(child.pgid, job.kill_after)
         except OSError as e:
             child.terminate_group(job.kill_after)  # closes the gate: the command never ran
-            wd.disarm()
             os.close(out_r)
-            return not_run(EXIT_OSERR, f"the watchdog died before it was armed: {e}")
+            return not_run(EXIT_OSERR, f"no watchdog took the run's process group: {e}")
         child.open_gate()
         reader = OutputReader(out_r, job.name)
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
@@ -145,13 +144,6 @@ class Run:
             rc = child.wait(0.1)
             if rc is not None:
                 break
-            if not wd.alive():  # killed or crashed: the child would outlive a dying conchd
-                log.warning("%s: the watchdog died (status %s); starting a new one",
-                            self.label, wd.returncode)  # fmt: skip
-                try:
-                    wd = Watchdog.start(child.pgid, job.kill_after, math.inf)
-                except OSError as e:
-                    log.error("%s: cannot start a new watchdog: %s", self.label, e)
             if self.ctx.stopping.is_set():
                 s = self.ctx.stop_signal() or signal.SIGTERM
                 how = RunEnd.INTERRUPTED
@@ -168,7 +160,7 @@ class Run:
         duration = time.monotonic() - m0
         finished = time.time()
         child.reap_group(job.kill_after)  # grandchildren left behind get TERM, then KILL
-        wd.disarm()
+        guard.release(child.pgid)
         reader.join(2.0)  # a process that escaped the group may hold the pipe: do not wait
         code = child_exit_code(rc)
         timed_out = how is RunEnd.TIMEOUT

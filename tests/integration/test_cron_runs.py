@@ -78,6 +78,29 @@ def test_a_runs_dead_watchdog_is_replaced(conch, daemons, tmp_path):
     wait_for(lambda: pid_gone(child), timeout=15, what="the child killed by the new watchdog")
 
 
+def test_one_watchdog_guards_every_run_of_a_daemon(conch, daemons, tmp_path):
+    """Three jobs running at once on one conchd: one watchdog process for all of them (not one
+    per run); conchd SIGKILLed, it takes every run's process group with it."""
+    pids = []
+    for n in range(3):
+        pid_file = tmp_path / f"pid{n}"
+        pids.append(pid_file)
+        once = (f"[ -e {pid_file} ] && exit 0; echo $$ > {pid_file}; "
+                "while true; do sleep 0.05; done")  # fmt: skip
+        add(conch, f"long{n}", "@every 1s", "--overlap", "forbid", "--", SH, "-c", once)
+    d = daemons.start("d")
+    wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pids), timeout=30,
+             what="the three runs")  # fmt: skip
+    children = [int(p.read_text()) for p in pids]
+    (watchdog,) = wait_for(lambda: _watchdogs_of(d.pid), what="its watchdog")
+    assert len(_watchdogs_of(d.pid)) == 1
+    d.kill()
+    d.wait(10)
+    for child in children:
+        wait_for(lambda c=child: pid_gone(c), timeout=15, what="every run killed by it")
+    wait_for(lambda: pid_gone(watchdog), timeout=15, what="the watchdog done")
+
+
 def test_output_is_logged_by_line_and_its_tail_kept(conch, daemons, client, prefix):
     """Lines go to conchd's log prefixed with the job name (a line longer than 8 KiB in
     pieces); the record keeps the last 4 KiB, cut at a character boundary."""
