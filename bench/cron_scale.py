@@ -10,7 +10,8 @@ Measured per size:
   misses (jobs with no start within the wait);
 * claims per second: runs started / (last start − T);
 * etcd requests in the tick's window (Txn and Range, from etcd's own /metrics);
-* conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM);
+* conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM), and
+  etcd's CPU seconds over the same window;
 * the floor, in the same run: one bare Python loop that starts the same N children with
   `subprocess.Popen` (lag = child start − loop start).
 
@@ -120,7 +121,13 @@ def floor(n: int, work: Path) -> list[float]:
     return sorted(t - t0 for _, _, t in _starts(log))
 
 
-def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str, Any]:
+def measure(
+    endpoints: list[str],
+    n: int,
+    work: Path,
+    log_line: Any,
+    etcd_pids: list[int] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """One size: N jobs on one tick, 3 daemons; the floor measured right after."""
     work.mkdir(parents=True, exist_ok=True)
     prefix = f"/bench-cron-{n}-{int(time.time())}/"
@@ -148,6 +155,7 @@ def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str
             raise RuntimeError(f"{n} jobs: set up only {tick - time.time():.1f}s before the tick")
         log_line(f"cron scale: {n} jobs due at {datetime.fromtimestamp(tick, UTC):%H:%M:%S}Z")
         cpu0 = sum(_cpu_seconds(p.pid) for p in daemons)
+        etcd_cpu0 = sum(_cpu_seconds(pid) for pid in etcd_pids)
         req0 = _etcd_requests(endpoints[0])
         while time.time() < tick:
             time.sleep(min(0.2, max(0.0, tick - time.time())))
@@ -156,6 +164,7 @@ def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str
             time.sleep(0.2)
         time.sleep(1.0)  # stragglers and duplicates
         cpu = sum(_cpu_seconds(p.pid) for p in daemons) - cpu0
+        etcd_cpu = sum(_cpu_seconds(pid) for pid in etcd_pids) - etcd_cpu0
         req1 = _etcd_requests(endpoints[0])
         rss = [_peak_rss_mb(p.pid) for p in daemons]
     finally:
@@ -191,5 +200,6 @@ def measure(endpoints: list[str], n: int, work: Path, log_line: Any) -> dict[str
             if k in req1
         },
         "conchd_cpu_s": round(cpu, 2),
+        "etcd_cpu_s": round(etcd_cpu, 2),
         "conchd_peak_rss_mb": [round(x, 1) for x in rss],
     }

@@ -148,7 +148,8 @@ def _cron(sizes: Sizes, log: Callable[[str], None]) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="conch-bench-cron-") as tmp:
             for n in sizes.cron_jobs:
                 log(f"cron: {n} jobs due on one tick, {cron_scale.DAEMONS} conchd")
-                out.append(cron_scale.measure(cluster.endpoints, n, Path(tmp) / str(n), log))
+                pids = [m.pid for m in cluster.members if m.pid is not None]
+                out.append(cron_scale.measure(cluster.endpoints, n, Path(tmp) / str(n), log, pids))
     finally:
         cluster.stop()
     return out
