@@ -182,16 +182,20 @@ def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
     return snap
 
 
+PRUNES_PER_TXN = 127  # guarded deletes nested in one transaction: 127 + 1 <= 128
+
+
 def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
-    """Delete NAME's run records beyond the newest `keep` (never an alive run's). Each delete is
-    guarded by the record's mod revision, so a record rewritten meanwhile (a result) stays.
-    Returns how many were deleted."""
+    """Delete NAME's run records beyond the newest `keep` (never an alive run's). Reads keys
+    only (never the records and their output). Each delete is guarded by the record's mod
+    revision, so a record rewritten meanwhile (a result) stays; the deletes go in one
+    transaction (nested, PRUNES_PER_TXN at a time). Returns how many were deleted."""
     runs_dir, alive_dir = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
     res = client.txn(
         [],
         [
-            Op("get", runs_dir, range_end=keys.prefix_range_end(runs_dir)),
-            Op("get", alive_dir, range_end=keys.prefix_range_end(alive_dir)),
+            Op("get", runs_dir, range_end=keys.prefix_range_end(runs_dir), keys_only=True),
+            Op("get", alive_dir, range_end=keys.prefix_range_end(alive_dir), keys_only=True),
         ],
     )
     run_kvs, alive_kvs = (r or [] for r in res.responses)
@@ -207,12 +211,15 @@ def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -
             alive.add(keys.cron_tick(kv.key, alive_dir))
         except ValueError:
             continue
+    doomed = [by_tick[t] for t in prune_choice(list(by_tick), alive, keep)]
     deleted = 0
-    for t in prune_choice(list(by_tick), alive, keep):
-        kv = by_tick[t]
+    for i in range(0, len(doomed), PRUNES_PER_TXN):
         # one guarded delete per record: a record rewritten meanwhile (a result) stays
-        r = client.txn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Op("delete", kv.key)])
-        deleted += r.succeeded
+        deletes = [
+            SubTxn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Op("delete", kv.key)])
+            for kv in doomed[i : i + PRUNES_PER_TXN]
+        ]
+        deleted += sum(r.succeeded for r in client.txn([], deletes).responses)
     return deleted
 
 

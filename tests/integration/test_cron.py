@@ -488,3 +488,21 @@ def test_daemon_survives_an_etcd_outage(conch_cmd, tmp_path, prefix):
     finally:
         d.cleanup()
         cluster.stop()
+
+
+def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
+    client: Client, prefix: str
+) -> None:
+    """store.prune_history: 150 records (more than one transaction of deletes), one old run
+    still alive: the newest HISTORY stay, and the alive one."""
+    from conch.cron import store
+
+    ticks = [(1_000 + k) * 1_000_000 for k in range(150)]
+    for t in ticks:
+        client.put(keys.cron_run_key(prefix, "p", t), b'{"status":"ok","output":"x"}')
+    client.put(keys.cron_alive_key(prefix, "p", ticks[3]), b"d1")
+    assert store.prune_history(client, prefix, "p") == 150 - model.HISTORY - 1
+    d = keys.cron_runs_dir(prefix, "p")
+    left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
+    assert left == [ticks[3], *ticks[-model.HISTORY :]]
+    assert store.prune_history(client, prefix, "p") == 0
