@@ -29,9 +29,11 @@ from conch.cron.claimer import Claimer
 from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
 from conch.cron.housekeeper import Housekeeper
+from conch.cron.launcher import Launcher
 from conch.cron.metrics import NoMetrics
 from conch.cron.model import Job, Tick, format_tick, tick_of
-from conch.cron.runner import RESULT_GRACE, Run, RunContext
+from conch.cron.results import RESULT_GRACE, ResultWriter
+from conch.cron.runner import Run, RunContext
 from conch.cron.scheduler import JobState
 from conch.errors import EXIT_UNAVAILABLE, ConchError
 
@@ -75,9 +77,11 @@ class Daemon:
             start_run=self._start_run, on_skipped=self.housekeeper.request,
         )  # fmt: skip
         self.guard = GroupGuard()  # one watchdog for every run's process group
+        self.launcher = Launcher()  # starts won ticks in claim order
+        self.results = ResultWriter(client, prefix, self.stopping)  # writes their records
         self._run_context = RunContext(
-            client, prefix, metrics, self.stopping, lambda: self.stop_signal, self._run_finished,
-            self.guard,
+            metrics, self.stopping, lambda: self.stop_signal, self._run_finished, self.guard,
+            self.results,
         )  # fmt: skip
 
     # -- signals ---------------------------------------------------------------------------
@@ -117,6 +121,8 @@ class Daemon:
         )  # fmt: skip
         self.housekeeper.start()
         self.heartbeat.start()
+        self.launcher.start()
+        self.results.start()
         while not self.stopping.is_set():
             try:
                 ok = self._step()
@@ -306,7 +312,7 @@ class Daemon:
                 return
             r = Run(self._run_context, job, tick, c, lease)
             self.runs[(job.name, tick)] = r
-        r.start()
+        self.launcher.submit(r)
 
     def _run_finished(self, r: Run) -> None:
         """A run's report (its on_finished, in its thread)."""
@@ -333,7 +339,14 @@ class Daemon:
         longest = max((r.job.kill_after for r in runs), default=0.0)
         from conch.supervisor import SIGKILL_GRACE
 
-        _join_all([r.thread for r in runs], longest + SIGKILL_GRACE + RESULT_GRACE + 1.0)
+        self.launcher.halt()  # runs claimed until now start, and get the signal at once
+        self.launcher.join(STOP_SPARE)
+        with self._lock:
+            runs = list(self.runs.values())
+        followers = [r.thread for r in runs if r.thread is not None]
+        _join_all(followers, longest + SIGKILL_GRACE + 1.0)
+        self.results.halt()  # after every record it was given: written or given up
+        self.results.join(RESULT_GRACE + store.CLAIM_TIMEOUT + 1.0)
         _join_all([self.housekeeper, self.heartbeat], STOP_SPARE)
         self.guard.close()  # kills the groups of runs that did not end in time, if any
         if self.session is not None:

@@ -1,9 +1,11 @@
-"""One run: a claimed tick run by this daemon, in a thread of its own.
+"""One run: a claimed tick run by this daemon.
 
-The watchdog first (no watchdog, no run), the child held at its gate until the watchdog is
-armed (conch.supervisor), CONCH_JOB / CONCH_TICK / CONCH_REV in its environment, its output
-logged (conch.cron.output), --timeout and conchd's stop honoured, then the result written —
-retried while etcd is away. A run knows nothing of the daemon: it gets a RunContext and
+Started by the daemon's launcher (conch.cron.launcher), in claim order: the watchdog first (no
+watchdog, no run), the child held at its gate until the watchdog guards its group
+(conch.supervisor), CONCH_JOB / CONCH_TICK / CONCH_REV in its environment. Then a thread of its
+own follows it: its output logged (conch.cron.output), --timeout and conchd's stop honoured, its
+group reaped; the record goes to the daemon's result writer (conch.cron.results), which calls
+`finished` once it is written. A run knows nothing of the daemon: it gets a RunContext and
 reports back through its one callback, `on_finished(run)`.
 """
 
@@ -18,20 +20,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from conch import keys
-from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
-from conch.cron.guard import GroupGuard
 from conch.cron.metrics import NoMetrics
 from conch.cron.model import Job, RunRecord, RunStatus, Tick, format_tick, result_status
 from conch.cron.output import OutputReader
 from conch.errors import EXIT_OSERR, ConchError, child_exit_code
 from conch.holder import rfc3339
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from conch.cron.guard import GroupGuard
+    from conch.cron.results import ResultWriter
+    from conch.supervisor import Child
 
-RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a result after this
+log = logging.getLogger(__name__)
 
 
 class RunEnd(enum.Enum):
@@ -46,13 +50,12 @@ class RunEnd(enum.Enum):
 class RunContext:
     """What every run of one daemon shares."""
 
-    client: Client
-    prefix: str
     metrics: NoMetrics
     stopping: threading.Event  # set when conchd stops: the child gets its signal
     stop_signal: Callable[[], int | None]  # the signal conchd is stopping on (None: SIGTERM)
-    on_finished: Callable[[Run], None]  # the run's report, called last in its thread
+    on_finished: Callable[[Run], None]  # the run's report, once its result is written (or not)
     guard: GroupGuard  # the daemon's one watchdog, for every run's process group
+    results: ResultWriter  # writes the records of finished runs
 
 
 class Run:
@@ -64,32 +67,53 @@ class Run:
         self.rev = c.revision  # CONCH_REV; also the running record's mod revision
         self.record = c.record
         self.lease = lease  # the lease the alive marker is attached to
-        self.done = False
+        self.done = False  # its result is written (or given up)
         self.recorded = False  # the result is in etcd
-        self.thread = threading.Thread(
-            target=self._main, name=f"run {job.name} {keys.tick_token(tick)}", daemon=True
-        )
+        self.thread: threading.Thread | None = None  # follows the child, once started
+        self._m0 = 0.0  # time.monotonic() at the start
 
     @property
     def label(self) -> str:
         return f"job {self.job.name!r} tick {format_tick(self.tick)}"
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def _main(self) -> None:
+    def launch(self) -> None:
+        """Start the child (the launcher's thread); then follow it in the run's own thread.
+        Never raises: a run that cannot start is recorded as failed."""
         self.ctx.metrics.running(+1)
         try:
-            rec = self._execute()
-            self.recorded = self._write(rec)
+            child, out_r, rec = self._start()
+        except Exception:  # a bug must not leave the run unaccounted
+            log.exception("%s: internal error", self.label)
+            self.finished(False)
+            return
+        if child is None:
+            self.ctx.results.put(self, rec)
+            return
+        self.thread = threading.Thread(
+            target=self._follow, args=(child, out_r, rec),
+            name=f"run {self.job.name} {keys.tick_token(self.tick)}", daemon=True,
+        )  # fmt: skip
+        self.thread.start()
+
+    def _follow(self, child: Child, out_r: int, rec: RunRecord) -> None:
+        try:
+            rec = self._supervise(child, out_r, rec)
         except Exception:  # a run thread must never die silently
             log.exception("%s: internal error", self.label)
-        finally:
-            self.done = True
-            self.ctx.metrics.running(-1)
-            self.ctx.on_finished(self)
+            self.finished(False)
+            return
+        self.ctx.results.put(self, rec)
 
-    def _execute(self) -> RunRecord:
+    def finished(self, recorded: bool) -> None:
+        """The result writer's report: the record is written (or given up)."""
+        self.recorded = recorded
+        self.done = True
+        self.ctx.metrics.running(-1)
+        self.ctx.on_finished(self)
+
+    def _start(self) -> tuple[Child | None, int, RunRecord]:
+        """(child, its output pipe, the running record) — or (None, -1, the failed record)
+        when the child could not be started."""
         from conch.supervisor import Child
 
         job, metrics = self.job, self.ctx.metrics
@@ -99,10 +123,10 @@ class Run:
         metrics.lag(job.name, t0 - self.tick / 1e6)
         rec = replace(self.record, rev=self.rev, started=rfc3339(t0))
 
-        def not_run(code: int, msg: str) -> RunRecord:
+        def not_run(code: int, msg: str) -> tuple[None, int, RunRecord]:
             log.warning("%s: %s", self.label, msg)
             metrics.run(job.name, RunStatus.FAILED, 0.0)
-            return replace(
+            return None, -1, replace(
                 rec, status=RunStatus.FAILED, exit_code=code, finished=rfc3339(time.time()),
                 duration=0.0, reason=msg, output=msg,
             )  # fmt: skip
@@ -134,9 +158,16 @@ class Run:
             os.close(out_r)
             return not_run(EXIT_OSERR, f"no watchdog took the run's process group: {e}")
         child.open_gate()
-        reader = OutputReader(out_r, job.name)
         log.info("%s: started pid %d (CONCH_REV %d): %s", self.label, child.pid, self.rev,
                  shlex.join(job.cmd))  # fmt: skip
+        self._m0 = m0
+        return child, out_r, rec
+
+    def _supervise(self, child: Child, out_r: int, rec: RunRecord) -> RunRecord:
+        """Follow the started child to its end; the record of its result."""
+        job, metrics, m0 = self.job, self.ctx.metrics, self._m0
+        guard = self.ctx.guard
+        reader = OutputReader(out_r, job.name)
         reader.start()
         deadline = None if job.timeout is None else m0 + job.timeout
         how, reason = RunEnd.EXITED, ""
@@ -172,35 +203,3 @@ class Run:
             duration=round(duration, 3), timed_out=timed_out, reason=reason,
             output=reader.tail(),
         )  # fmt: skip
-
-    def _write(self, rec: RunRecord) -> bool:
-        """Record the result; etcd may be down for a while: retry until written (when conchd
-        is stopping, give up after RESULT_GRACE). True once written."""
-        delay, warned, give_up = 0.2, False, None
-        while True:
-            timeout = store.CLAIM_TIMEOUT
-            if give_up is not None:  # stopping: the last attempt ends with the grace
-                timeout = max(0.1, min(timeout, give_up - time.monotonic()))
-            try:
-                store.finish(
-                    self.ctx.client, self.ctx.prefix, self.job.name, self.tick, rec,
-                    timeout=timeout,
-                )  # fmt: skip
-                if warned:
-                    log.info("%s: result recorded", self.label)
-                return True
-            except EtcdClusterChanged as e:
-                log.error("%s: result NOT recorded (%s): %s", self.label, rec.status, e)
-                return False
-            except EtcdError as e:
-                now = time.monotonic()
-                if self.ctx.stopping.is_set():
-                    give_up = give_up or now + RESULT_GRACE
-                    if now >= give_up:
-                        log.error("%s: result NOT recorded (%s): %s", self.label, rec.status, e)
-                        return False
-                if not warned:
-                    log.warning("%s: cannot record the result yet (%s); retrying", self.label, e)
-                    warned = True
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)

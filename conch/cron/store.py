@@ -465,13 +465,21 @@ def reattach(
     return res.succeeded
 
 
-def finish(
-    client: Client, prefix: str, name: str, tick: Tick, rec: RunRecord, timeout: float | None = None
+RESULTS_PER_TXN = 64  # results written in one transaction: 2 ops each <= --max-txn-ops 128
+
+
+def finish_many(
+    client: Client,
+    prefix: str,
+    results: Sequence[tuple[str, Tick, RunRecord]],
+    timeout: float | None = None,
 ) -> int:
-    """Write the result and delete the alive marker, atomically. Returns the revision."""
-    run_key = keys.cron_run_key(prefix, name, tick)
-    alive_key = keys.cron_alive_key(prefix, name, tick)
-    res = client.txn(
-        [], [Op("put", run_key, rec.to_json()), Op("delete", alive_key)], timeout=timeout
-    )
-    return res.revision
+    """Write each result (job name, tick, record) and delete its run's alive marker, all in
+    one transaction (at most RESULTS_PER_TXN). Returns the revision."""
+    if len(results) > RESULTS_PER_TXN:
+        raise ValueError(f"at most {RESULTS_PER_TXN} results in one transaction")
+    ops = []
+    for name, tick, rec in results:
+        ops.append(Op("put", keys.cron_run_key(prefix, name, tick), rec.to_json()))
+        ops.append(Op("delete", keys.cron_alive_key(prefix, name, tick)))
+    return client.txn([], ops, timeout=timeout).revision
