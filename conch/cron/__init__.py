@@ -15,8 +15,12 @@ The daemon, conchd:
     command.py      the `conchd` command line (`python -m conch.cron.command`)
     daemon.py       Daemon: lease, job watch, the scheduler loop, shutdown
     scheduler.py    pure: a job's schedule state and which tick is due when (fell behind)
-    claimer.py      claiming the due ticks and acting on each outcome
-    runner.py       one run: watchdog, gated child, timeout, stop, the result written
+    share.py        pure: which daemon claims a job first (rendezvous hash), the others when
+    claimer.py      claiming the due ticks, many to a transaction, and acting on each outcome
+    launcher.py     starts won ticks in claim order, from one thread
+    runner.py       one run: gated child, timeout, stop, its record
+    guard.py        the daemon's one watchdog, guarding every run's process group
+    results.py      writes finished runs' records, many to a transaction
     output.py       a run's output: logged by line, its tail kept
     housekeeper.py  history pruning, off the scheduler thread
     heartbeat.py    heartbeats: this host's clock against the other daemons'
