@@ -25,9 +25,12 @@ RESULT_GRACE = 10.0  # when stopping with etcd unreachable: give up writing a re
 
 
 class ResultWriter(threading.Thread):
-    def __init__(self, client: Client, prefix: str, stopping: threading.Event) -> None:
+    def __init__(
+        self, client: Client, prefix: str, stopping: threading.Event, grace: float = RESULT_GRACE
+    ) -> None:
         super().__init__(name="results", daemon=True)
         self.client, self.prefix, self.stopping = client, prefix, stopping
+        self.grace = grace  # when stopping with etcd away: give a result up after this
         self._queue: queue.SimpleQueue[tuple[Run, RunRecord] | None] = queue.SimpleQueue()
 
     def put(self, run: Run, rec: RunRecord) -> None:
@@ -82,7 +85,7 @@ class ResultWriter(threading.Thread):
             except EtcdError as e:
                 now = time.monotonic()
                 if self.stopping.is_set():
-                    give_up = give_up or now + RESULT_GRACE
+                    give_up = give_up or now + self.grace
                     if now >= give_up:
                         log.error("%s: result NOT recorded: %s", what, e)
                         return False
