@@ -123,6 +123,21 @@ def _inheritable_fds() -> list[int]:
     return fds
 
 
+_sealed = False  # seal_inherited_fds() ran: no descriptor above stdio is inheritable
+
+
+def seal_inherited_fds() -> None:
+    """For a process that spawns many children (conchd): make the descriptors above stdio it
+    inherited non-inheritable, once, so that a spawn need not list /proc/self/fd to close them
+    in the child (a cost that grows with every open run's pipes). Every descriptor Python opens
+    is non-inheritable already (PEP 446), and conch never makes one inheritable."""
+    global _sealed
+    for fd in _inheritable_fds():
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+    _sealed = True
+
+
 def _spawn_gated(argv: list[str], env: dict[str, str], gate: int, stdio: dict[int, int]) -> int:
     """posix_spawn the gate shell for `argv` in a new session; `stdio` maps 0/1/2 to the
     descriptors to give the child. Returns its pid."""
@@ -130,7 +145,8 @@ def _spawn_gated(argv: list[str], env: dict[str, str], gate: int, stdio: dict[in
     # copies above every target, so that no dup2 overwrites another's source
     copies = {n: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for n, fd in wanted.items()}
     try:
-        actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+        inherited = [] if _sealed else _inheritable_fds()
+        actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
         actions += [(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in copies.items()]
         return os.posix_spawn(
             _SHELL,

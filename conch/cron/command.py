@@ -96,6 +96,9 @@ def conchd(
     with contextlib.suppress(ValueError):  # children must be reapable (not auto-reaped)
         if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    from conch.supervisor import seal_inherited_fds
+
+    seal_inherited_fds()  # once: no spawn lists /proc/self/fd (runs spawn many children)
     client = Client(cfg)
     daemon = Daemon(client, prefix, did, ttl_s, metrics)
     old = {s: signal.signal(s, daemon.on_signal) for s in STOP_SIGNALS}

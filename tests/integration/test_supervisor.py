@@ -661,3 +661,24 @@ def test_watchdog_refuses_dangerous_groups() -> None:
     for pgid in (0, 1, os.getpgrp()):
         with pytest.raises(ValueError):
             Watchdog.start(pgid, KILL_AFTER, clock() + 10)
+
+
+def test_a_sealed_spawner_still_passes_no_inherited_descriptor() -> None:
+    """conchd seals once (supervisor.seal_inherited_fds) instead of listing /proc/self/fd at
+    every spawn: a descriptor it inherited (here: made inheritable before the seal) still does
+    not reach the command. In a process of its own: sealing is for the life of a process."""
+    script = """
+import os, sys
+from conch.supervisor import Child, seal_inherited_fds
+fd = os.open(os.devnull, os.O_RDONLY)
+os.set_inheritable(fd, True)  # as a descriptor inherited from conchd's parent
+seal_inherited_fds()
+c = Child.spawn(["sh", "-c", f"[ -e /proc/self/fd/{fd} ] && echo open || echo closed"],
+                dict(os.environ))
+c.open_gate()
+sys.exit(c.wait(10))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "closed"
