@@ -1,5 +1,6 @@
 """History pruning off the scheduler thread: after a tick this daemon won (ran or skipped), the
-job's run records beyond the newest HISTORY go (conch.cron.store.prune_history)."""
+job's run records beyond the newest HISTORY go (conch.cron.store.prune_histories: the jobs
+asked for meanwhile, many to a read)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class Housekeeper(threading.Thread):
-    """Prunes a job's history (store.prune_history) after ticks this daemon won."""
+    """Prunes the history of the jobs asked for (store.prune_histories) after ticks this daemon
+    won."""
 
     def __init__(self, client: Client, prefix: str) -> None:
         super().__init__(name="housekeeper", daemon=True)
@@ -39,12 +41,14 @@ class Housekeeper(threading.Thread):
             self._wake.clear()
             with self._pending_lock:
                 jobs, self._pending = self._pending, set()
-            for job in sorted(jobs):
+            names = sorted(jobs)
+            for i in range(0, len(names), store.JOBS_PER_PRUNE_READ):
                 if self._halt.is_set():
                     return
+                chunk = names[i : i + store.JOBS_PER_PRUNE_READ]
                 try:
-                    n = store.prune_history(self.client, self.prefix, job)
+                    n = store.prune_histories(self.client, self.prefix, chunk)
                     if n:
-                        log.debug("job %r: pruned %d old run record(s)", job, n)
+                        log.debug("pruned %d old run record(s) of %d job(s)", n, len(chunk))
                 except EtcdError as e:
-                    log.debug("job %r: pruning failed (%s); later", job, e)
+                    log.debug("pruning failed (%s); later", e)

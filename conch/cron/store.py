@@ -183,35 +183,45 @@ def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
 
 
 PRUNES_PER_TXN = 127  # guarded deletes nested in one transaction: 127 + 1 <= 128
+JOBS_PER_PRUNE_READ = 64  # jobs whose keys one read transaction lists: 2 gets each <= 128
 
 
 def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
-    """Delete NAME's run records beyond the newest `keep` (never an alive run's). Reads keys
-    only (never the records and their output). Each delete is guarded by the record's mod
-    revision, so a record rewritten meanwhile (a result) stays; the deletes go in one
-    transaction (nested, PRUNES_PER_TXN at a time). Returns how many were deleted."""
-    runs_dir, alive_dir = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
-    res = client.txn(
-        [],
-        [
-            Op("get", runs_dir, range_end=keys.prefix_range_end(runs_dir), keys_only=True),
-            Op("get", alive_dir, range_end=keys.prefix_range_end(alive_dir), keys_only=True),
-        ],
-    )
-    run_kvs, alive_kvs = (r or [] for r in res.responses)
-    by_tick: dict[Tick, KeyValue] = {}
-    for kv in run_kvs:
-        try:
-            by_tick[keys.cron_tick(kv.key, runs_dir)] = kv
-        except ValueError:
-            continue
-    alive: set[Tick] = set()
-    for kv in alive_kvs:
-        try:
-            alive.add(keys.cron_tick(kv.key, alive_dir))
-        except ValueError:
-            continue
-    doomed = [by_tick[t] for t in prune_choice(list(by_tick), alive, keep)]
+    """prune_histories of one job."""
+    return prune_histories(client, prefix, [name], keep)
+
+
+def prune_histories(client: Client, prefix: str, names: Sequence[str], keep: int = HISTORY) -> int:
+    """Delete each job's run records beyond its newest `keep` (never an alive run's). Reads keys
+    only (never the records and their output), JOBS_PER_PRUNE_READ jobs to a transaction.
+    Each delete is guarded by the record's mod revision, so a record rewritten meanwhile (a
+    result) stays; the deletes go nested, PRUNES_PER_TXN to a transaction. Returns how many
+    were deleted."""
+    doomed: list[KeyValue] = []
+    for i in range(0, len(names), JOBS_PER_PRUNE_READ):
+        chunk = names[i : i + JOBS_PER_PRUNE_READ]
+        dirs = [(keys.cron_runs_dir(prefix, n), keys.cron_alive_dir(prefix, n)) for n in chunk]
+        reads = [
+            Op("get", d, range_end=keys.prefix_range_end(d), keys_only=True)
+            for pair in dirs
+            for d in pair
+        ]
+        res = client.txn([], reads)
+        for k, (runs_dir, alive_dir) in enumerate(dirs):
+            run_kvs, alive_kvs = res.responses[2 * k] or [], res.responses[2 * k + 1] or []
+            by_tick: dict[Tick, KeyValue] = {}
+            for kv in run_kvs:
+                try:
+                    by_tick[keys.cron_tick(kv.key, runs_dir)] = kv
+                except ValueError:
+                    continue
+            alive: set[Tick] = set()
+            for kv in alive_kvs:
+                try:
+                    alive.add(keys.cron_tick(kv.key, alive_dir))
+                except ValueError:
+                    continue
+            doomed += [by_tick[t] for t in prune_choice(list(by_tick), alive, keep)]
     deleted = 0
     for i in range(0, len(doomed), PRUNES_PER_TXN):
         # one guarded delete per record: a record rewritten meanwhile (a result) stays

@@ -501,8 +501,13 @@ def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
     for t in ticks:
         client.put(keys.cron_run_key(prefix, "p", t), b'{"status":"ok","output":"x"}')
     client.put(keys.cron_alive_key(prefix, "p", ticks[3]), b"d1")
-    assert store.prune_history(client, prefix, "p") == 150 - model.HISTORY - 1
+    for t in ticks[:30]:  # a second job, read in the same transaction
+        client.put(keys.cron_run_key(prefix, "q", t), b'{"status":"ok"}')
+    assert store.prune_histories(client, prefix, ["p", "q"]) == 150 - model.HISTORY - 1 + 10
     d = keys.cron_runs_dir(prefix, "p")
     left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
     assert left == [ticks[3], *ticks[-model.HISTORY :]]
+    d = keys.cron_runs_dir(prefix, "q")
+    left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
+    assert left == ticks[10:30]
     assert store.prune_history(client, prefix, "p") == 0
