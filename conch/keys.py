@@ -135,6 +135,12 @@ def cron_alive_dir(prefix: str, name: str) -> bytes:
     return cron_alive_root(prefix) + encode_name(name).encode() + b"/"
 
 
+def cron_output_dir(prefix: str, name: str) -> bytes:
+    """The range holding the output tails of job NAME's runs (ends with '/'): apart from the
+    run records, so that listing runs never reads outputs."""
+    return cron_dir(prefix) + b"output/" + encode_name(name).encode() + b"/"
+
+
 def cron_daemons_dir(prefix: str) -> bytes:
     """The range holding the conchd heartbeats (ends with '/')."""
     return cron_dir(prefix) + b"daemons/"
@@ -184,6 +190,10 @@ def cron_run_key(prefix: str, name: str, tick: int) -> bytes:
 
 def cron_alive_key(prefix: str, name: str, tick: int) -> bytes:
     return cron_alive_dir(prefix, name) + tick_token(tick).encode()
+
+
+def cron_output_key(prefix: str, name: str, tick: int) -> bytes:
+    return cron_output_dir(prefix, name) + tick_token(tick).encode()
 
 
 def cron_tick(data: bytes, directory: bytes = b"") -> int:

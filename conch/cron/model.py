@@ -173,10 +173,16 @@ class RunRecord:
     rev: int = 0  # the claim revision (CONCH_REV), set in the result
     timed_out: bool = False
     reason: str = ""  # why skipped / failed without running / interrupted
-    output: str = ""  # the tail of the child's stdout+stderr
+    # the tail of the child's stdout+stderr: stored under a key of its own (conch.keys
+    # .cron_output_key), not in the record, so that listing runs never reads outputs; a record
+    # written by an older conch may still hold it (read back by store.run_output)
+    output: str = ""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """The stored record: every field but `output`."""
+        d = asdict(self)
+        del d["output"]
+        return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> RunRecord:

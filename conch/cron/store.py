@@ -6,6 +6,7 @@ Keys (conch.keys, all under the user's prefix):
     cron/jobs/{enc(NAME)}            job definition JSON, no lease
     cron/runs/{enc(NAME)}/{tick}     run record JSON, one per claimed tick, no lease (permanent)
     cron/alive/{enc(NAME)}/{tick}    alive marker of a running run, on the winner daemon's lease
+    cron/output/{enc(NAME)}/{tick}   the run's output tail, written with its result
     cron/marks/{enc(NAME)}           the job's low-water mark: the newest tick claimed
 
 A claim is one transaction: *if create_revision(run key) == 0 and mod_revision(job key) is
@@ -182,7 +183,7 @@ def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
     return snap
 
 
-PRUNES_PER_TXN = 127  # guarded deletes nested in one transaction: 127 + 1 <= 128
+PRUNES_PER_TXN = 126  # guarded deletes nested in one transaction: 126 + 2 ops <= 128
 JOBS_PER_PRUNE_READ = 64  # jobs whose keys one read transaction lists: 2 gets each <= 128
 
 
@@ -197,7 +198,7 @@ def prune_histories(client: Client, prefix: str, names: Sequence[str], keep: int
     Each delete is guarded by the record's mod revision, so a record rewritten meanwhile (a
     result) stays; the deletes go nested, PRUNES_PER_TXN to a transaction. Returns how many
     were deleted."""
-    doomed: list[KeyValue] = []
+    doomed: list[tuple[KeyValue, bytes]] = []  # (run record, its output key)
     for i in range(0, len(names), JOBS_PER_PRUNE_READ):
         chunk = names[i : i + JOBS_PER_PRUNE_READ]
         dirs = [(keys.cron_runs_dir(prefix, n), keys.cron_alive_dir(prefix, n)) for n in chunk]
@@ -221,13 +222,20 @@ def prune_histories(client: Client, prefix: str, names: Sequence[str], keep: int
                     alive.add(keys.cron_tick(kv.key, alive_dir))
                 except ValueError:
                     continue
-            doomed += [by_tick[t] for t in prune_choice(list(by_tick), alive, keep)]
+            output_dir = keys.cron_output_dir(prefix, chunk[k])
+            doomed += [
+                (by_tick[t], output_dir + keys.tick_token(t).encode())
+                for t in prune_choice(list(by_tick), alive, keep)
+            ]
     deleted = 0
     for i in range(0, len(doomed), PRUNES_PER_TXN):
         # one guarded delete per record: a record rewritten meanwhile (a result) stays
         deletes = [
-            SubTxn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Op("delete", kv.key)])
-            for kv in doomed[i : i + PRUNES_PER_TXN]
+            SubTxn(
+                [Compare(kv.key, "mod", "==", kv.mod_revision)],
+                [Op("delete", kv.key), Op("delete", output_key)],
+            )
+            for kv, output_key in doomed[i : i + PRUNES_PER_TXN]
         ]
         deleted += sum(r.succeeded for r in client.txn([], deletes).responses)
     return deleted
@@ -475,7 +483,7 @@ def reattach(
     return res.succeeded
 
 
-RESULTS_PER_TXN = 64  # results written in one transaction: 2 ops each <= --max-txn-ops 128
+RESULTS_PER_TXN = 42  # results written in one transaction: 3 ops each <= --max-txn-ops 128
 
 
 def finish_many(
@@ -484,12 +492,31 @@ def finish_many(
     results: Sequence[tuple[str, Tick, RunRecord]],
     timeout: float | None = None,
 ) -> int:
-    """Write each result (job name, tick, record) and delete its run's alive marker, all in
-    one transaction (at most RESULTS_PER_TXN). Returns the revision."""
+    """Write each result (job name, tick, record): the record, its output under its own key,
+    and the delete of its run's alive marker — all in one transaction (at most
+    RESULTS_PER_TXN results). Returns the revision."""
     if len(results) > RESULTS_PER_TXN:
         raise ValueError(f"at most {RESULTS_PER_TXN} results in one transaction")
     ops = []
     for name, tick, rec in results:
         ops.append(Op("put", keys.cron_run_key(prefix, name, tick), rec.to_json()))
+        ops.append(Op("put", keys.cron_output_key(prefix, name, tick), rec.output.encode()))
         ops.append(Op("delete", keys.cron_alive_key(prefix, name, tick)))
     return client.txn([], ops, timeout=timeout).revision
+
+
+def run_output(
+    client: Client, prefix: str, name: str, tick: Tick, timeout: float | None = None
+) -> str:
+    """The stored output tail of one run ("" if none): its output key, or the `output` field of
+    a record an older conch wrote."""
+    res = client.txn(
+        [],
+        [Op("get", keys.cron_output_key(prefix, name, tick)),
+         Op("get", keys.cron_run_key(prefix, name, tick))],
+        timeout=timeout,
+    )  # fmt: skip
+    out_kvs, run_kvs = (r or [] for r in res.responses)
+    if out_kvs:
+        return out_kvs[0].value.decode("utf-8", "replace")
+    return RunRecord.from_json(run_kvs[0].value).output if run_kvs else ""

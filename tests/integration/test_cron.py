@@ -51,10 +51,20 @@ def runs_of(conch: Any, name: str) -> list[dict[str, Any]]:
 
 
 def records(client: Client, prefix: str, name: str) -> dict[int, model.RunRecord]:
-    """The run records of NAME straight from etcd (also after `cron rm`), by tick (µs)."""
-    d = keys.cron_runs_dir(prefix, name)
+    """The run records of NAME straight from etcd (also after `cron rm`), by tick (µs), each
+    with the output stored for it (under its own key)."""
+    from dataclasses import replace
+
+    d, o = keys.cron_runs_dir(prefix, name), keys.cron_output_dir(prefix, name)
     kvs, _ = client.get_range(d, keys.prefix_range_end(d))
-    return {keys.cron_tick(kv.key, d): model.RunRecord.from_json(kv.value) for kv in kvs}
+    outputs = {keys.cron_tick(kv.key, o): kv.value.decode("utf-8", "replace")
+               for kv in client.get_range(o, keys.prefix_range_end(o))[0]}  # fmt: skip
+    return {
+        keys.cron_tick(kv.key, d): replace(
+            model.RunRecord.from_json(kv.value), output=outputs.get(keys.cron_tick(kv.key, d), "")
+        )
+        for kv in kvs
+    }
 
 
 def add(conch: Any, name: str, schedule: str, *args: str) -> None:
@@ -503,11 +513,15 @@ def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
     client.put(keys.cron_alive_key(prefix, "p", ticks[3]), b"d1")
     for t in ticks[:30]:  # a second job, read in the same transaction
         client.put(keys.cron_run_key(prefix, "q", t), b'{"status":"ok"}')
+        client.put(keys.cron_output_key(prefix, "q", t), b"out")
     assert store.prune_histories(client, prefix, ["p", "q"]) == 150 - model.HISTORY - 1 + 10
     d = keys.cron_runs_dir(prefix, "p")
     left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
     assert left == [ticks[3], *ticks[-model.HISTORY :]]
     d = keys.cron_runs_dir(prefix, "q")
     left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
+    assert left == ticks[10:30]
+    o = keys.cron_output_dir(prefix, "q")  # the outputs go with their records
+    left = [keys.cron_tick(kv.key, o) for kv in client.get_range(o, keys.prefix_range_end(o))[0]]
     assert left == ticks[10:30]
     assert store.prune_history(client, prefix, "p") == 0

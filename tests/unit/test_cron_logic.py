@@ -255,3 +255,12 @@ def test_parse_metrics_addr(text: str, addr: tuple[str, int]) -> None:
 def test_parse_metrics_addr_rejects(bad: str) -> None:
     with pytest.raises(UsageError):
         parse_metrics_addr(bad)
+
+
+def test_a_records_output_is_stored_apart_and_an_old_records_is_still_read() -> None:
+    from conch.cron.model import RunRecord, RunStatus
+
+    rec = RunRecord("t", RunStatus.OK, "d", "h", "c", output="secret-ish tail")
+    assert b"output" not in rec.to_json() and b"secret-ish" not in rec.to_json()
+    old = b'{"tick":"t","status":"ok","daemon":"d","host":"h","claim":"c","output":"old tail"}'
+    assert RunRecord.from_json(old).output == "old tail"
