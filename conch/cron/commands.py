@@ -160,18 +160,24 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
     prefix = options.prefix(g)
     options.client_config(g)
     client = connect(g)
+    # read a page of jobs at a time, at one revision, and print as it goes: bounded memory
+    # whatever the number of jobs (an etcd error midway: exit 69, the output incomplete)
     try:
-        snap = store.snapshot(client, prefix)
+        docs = listing.list_doc(store.scan_jobs(client, prefix), datetime.now(UTC))
+        if as_json:
+            out = click.get_text_stream("stdout")
+            out.write("[")
+            for i, doc in enumerate(docs):
+                out.write((", " if i else "") + json.dumps(doc))
+            out.write("]\n")
+            out.flush()
+        else:
+            for line in listing.format_table(docs):
+                click.echo(line)
     except _etcd_error() as e:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     finally:
         client.close()
-    doc = listing.list_doc(snap, datetime.now(UTC))
-    if as_json:
-        click.echo(json.dumps(doc))
-    else:
-        for line in listing.format_table(doc):
-            click.echo(line)
     return 0
 
 

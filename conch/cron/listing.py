@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from conch.cron.model import RunRecord, Tick, derive_status, format_tick, tick_of
 
 if TYPE_CHECKING:
-    from conch.cron.store import Snapshot
+    from conch.cron.store import JobView
 
 LAST_IN_TABLE = 5  # results shown per job in the `cron ls` table
 
@@ -31,13 +32,13 @@ def run_doc(tick: Tick, rec: RunRecord, alive: bool) -> dict[str, Any]:
     }
 
 
-def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
-    """`cron ls --json`: one entry per job, by name; runs newest first."""
+def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]]:
+    """`cron ls --json`: one entry per job, in the order given (store.scan_jobs: by name, as
+    their keys sort); runs newest first. A generator: one job at a time."""
     from conch.schedule import Schedule, ScheduleError
 
-    out: list[dict[str, Any]] = []
-    for name in sorted(snap.jobs):
-        job, _kv = snap.jobs[name]
+    for v in views:
+        job = v.job
         next_tick: str | None = None
         if job is not None:
             try:
@@ -45,29 +46,26 @@ def list_doc(snap: Snapshot, now: datetime) -> list[dict[str, Any]]:
                 next_tick = format_tick(tick_of(nt))
             except (ScheduleError, ValueError, OverflowError):
                 next_tick = None
-        alive = snap.alive.get(name, set())
         runs = [
-            run_doc(tick, RunRecord.from_json(kv.value), tick in alive)
-            for tick, kv in sorted(snap.runs.get(name, {}).items(), reverse=True)
+            run_doc(tick, rec, tick in v.alive)
+            for tick, rec in sorted(v.runs.items(), reverse=True)
         ]
-        out.append(
-            {
-                "name": name,
-                "schedule": job.schedule if job else "",
-                "tz": job.tz if job else "",
-                "cmd": list(job.cmd) if job else [],
-                "next_tick": next_tick,
-                "runs": runs,
-                "timeout": job.timeout if job else None,
-                "kill_after": job.kill_after if job else None,
-                "overlap": job.overlap if job else None,
-            }
-        )
-    return out
+        yield {
+            "name": v.name,
+            "schedule": job.schedule if job else "",
+            "tz": job.tz if job else "",
+            "cmd": list(job.cmd) if job else [],
+            "next_tick": next_tick,
+            "runs": runs,
+            "timeout": job.timeout if job else None,
+            "kill_after": job.kill_after if job else None,
+            "overlap": job.overlap if job else None,
+        }
 
 
-def format_table(doc: list[dict[str, Any]], last: int = LAST_IN_TABLE) -> list[str]:
-    """The `cron ls` table: a header and one row per job; LAST = the newest results first."""
+def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> list[str]:
+    """The `cron ls` table: a header and one row per job; LAST = the newest results first.
+    Keeps only each job's row (the columns' widths need them all), not its runs."""
     import shlex
 
     header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST (NEWEST FIRST)", "COMMAND")

@@ -20,8 +20,9 @@ status shown by `cron ls` is derived: a record still saying `running` whose mark
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,60 +128,80 @@ def remove_job(client: Client, prefix: str, name: str, now_tick: Tick) -> bool:
 # -- reading: the listing, history pruning -----------------------------------------------------
 
 
+LIST_PAGE = 200  # jobs per read when listing (their records: ~7 KB each with 20 runs)
+SCAN_PAGE = 1000  # keys per read of a range
+
+
 @dataclass
-class Snapshot:
-    """Every job definition, run record and alive marker under a prefix, at one revision."""
+class JobView:
+    """One job as `cron ls` shows it: its definition (None: damaged), its kept run records and
+    the ticks of its alive runs."""
 
-    revision: int
-    jobs: dict[str, tuple[Job | None, KeyValue]] = field(default_factory=dict)
-    runs: dict[str, dict[Tick, KeyValue]] = field(default_factory=dict)
-    alive: dict[str, set[Tick]] = field(default_factory=dict)
+    name: str
+    job: Job | None
+    runs: dict[Tick, RunRecord] = field(default_factory=dict)
+    alive: set[Tick] = field(default_factory=set)
 
 
-def snapshot(client: Client, prefix: str, name: str | None = None) -> Snapshot:
-    """One read transaction (one revision), so a run that finishes while we read can never be
-    seen as a `running` record without its marker (which would look `lost`)."""
-    if name is None:
-        jobs_key = keys.cron_jobs_dir(prefix)
-        jobs_end: bytes | None = keys.prefix_range_end(jobs_key)
-        runs_key, alive_key = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
-    else:
-        jobs_key, jobs_end = keys.cron_job_key(prefix, name), None
-        runs_key, alive_key = keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)
-    res = client.txn(
-        [],
-        [
-            Op("get", jobs_key, range_end=jobs_end),
-            Op("get", runs_key, range_end=keys.prefix_range_end(runs_key)),
-            Op("get", alive_key, range_end=keys.prefix_range_end(alive_key)),
-        ],
-    )
-    job_kvs, run_kvs, alive_kvs = (r or [] for r in res.responses)
-    snap = Snapshot(revision=res.revision)
-    for kv in job_kvs:
-        try:
-            jname = keys.cron_job_name(prefix, kv.key)
-        except ValueError:
-            continue
-        try:
-            job: Job | None = Job.from_json(jname, kv.value)
-        except ValueError:
-            job = None
-        snap.jobs[jname] = (job, kv)
+def scan_jobs(client: Client, prefix: str, page: int = LIST_PAGE) -> Iterator[JobView]:
+    """Every job with its run records (never outputs) and alive markers, by name, read `page`
+    jobs at a time — all at one revision (the first read's), so a run that finishes while we
+    read is never seen as a `running` record without its marker (which would look `lost`),
+    and memory is bounded by a page, whatever the number of jobs. Raises EtcdError (also when
+    that revision is compacted before the last page is read)."""
+    jobs_dir = keys.cron_jobs_dir(prefix)
+    jobs_end = keys.prefix_range_end(jobs_dir)
     runs_root, alive_root = keys.cron_runs_root(prefix), keys.cron_alive_root(prefix)
-    for kv in run_kvs:
-        try:
-            rname, tick = keys.cron_split_tick_key(runs_root, kv.key)
-        except ValueError:
-            continue
-        snap.runs.setdefault(rname, {})[tick] = kv
-    for kv in alive_kvs:
-        try:
-            aname, tick = keys.cron_split_tick_key(alive_root, kv.key)
-        except ValueError:
-            continue
-        snap.alive.setdefault(aname, set()).add(tick)
-    return snap
+    start, revision = jobs_dir, 0
+    while True:
+        kvs, header, more = client.get_page(start, jobs_end, page, revision)
+        revision = revision or header
+        views: dict[str, JobView] = {}
+        for kv in kvs:
+            try:
+                name = keys.cron_job_name(prefix, kv.key)
+            except ValueError:
+                continue
+            try:
+                job: Job | None = Job.from_json(name, kv.value)
+            except ValueError:
+                job = None
+            views[name] = JobView(name, job)
+        if views:
+            # the page's jobs' runs and markers: one range each, over the span of their
+            # directories ('/' ends a name's directory, so the span may take in a neighbour's
+            # keys: ignored here, read with its own page)
+            for kv in _scan(client, *_span(keys.cron_runs_dir, prefix, views), revision):
+                with contextlib.suppress(ValueError):
+                    name, tick = keys.cron_split_tick_key(runs_root, kv.key)
+                    if name in views:
+                        views[name].runs[tick] = RunRecord.from_json(kv.value)
+            for kv in _scan(client, *_span(keys.cron_alive_dir, prefix, views), revision, True):
+                with contextlib.suppress(ValueError):
+                    name, tick = keys.cron_split_tick_key(alive_root, kv.key)
+                    if name in views:
+                        views[name].alive.add(tick)
+        yield from views.values()
+        if not more or not kvs:
+            return
+        start = kvs[-1].key + b"\0"
+
+
+def _span(directory: Any, prefix: str, names: Iterable[str]) -> tuple[bytes, bytes]:
+    dirs = [directory(prefix, n) for n in names]
+    return min(dirs), max(keys.prefix_range_end(d) for d in dirs)
+
+
+def _scan(
+    client: Client, key: bytes, end: bytes, revision: int, keys_only: bool = False
+) -> Iterator[KeyValue]:
+    """Every key in [key, end) as of `revision`, SCAN_PAGE at a time."""
+    while True:
+        kvs, _, more = client.get_page(key, end, SCAN_PAGE, revision, keys_only=keys_only)
+        yield from kvs
+        if not more or not kvs:
+            return
+        key = kvs[-1].key + b"\0"
 
 
 PRUNES_PER_TXN = 126  # guarded deletes nested in one transaction: 126 + 2 ops <= 128

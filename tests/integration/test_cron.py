@@ -525,3 +525,32 @@ def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
     left = [keys.cron_tick(kv.key, o) for kv in client.get_range(o, keys.prefix_range_end(o))[0]]
     assert left == ticks[10:30]
     assert store.prune_history(client, prefix, "p") == 0
+
+
+def test_listing_reads_a_page_of_jobs_at_a_time_at_one_revision(
+    client: Client, prefix: str
+) -> None:
+    """store.scan_jobs: every job once, by name, with its own runs and alive markers (names
+    where one is the start of another included), read `page` jobs at a time — and all as of
+    the first read: what changes while it reads is not seen."""
+    from conch.cron import store
+
+    names = sorted({f"job{i:03d}" for i in range(40)} | {"a", "a-b", "a/b", "a.b"})
+    for n in names:
+        job = model.Job(n, "@every 1h", "UTC", ("true",))
+        client.put(keys.cron_job_key(prefix, n), job.to_json())
+        for t in (1, 2):
+            rec = model.RunRecord(str(t), model.RunStatus.OK, "d", "h", n)  # claim: the name
+            client.put(keys.cron_run_key(prefix, n, t * 1_000_000), rec.to_json())
+    client.put(keys.cron_alive_key(prefix, "a", 2_000_000), b"d")
+    scan = store.scan_jobs(client, prefix, page=7)
+    first = next(scan)
+    client.put(keys.cron_job_key(prefix, "zzz"), b"{}")  # after the first read: not seen
+    client.delete(keys.cron_run_key(prefix, "job039", 1_000_000))
+    views = [first, *scan]
+    # by name as their keys sort: byte order, a name's escaped characters by their encoding
+    assert [v.name for v in views] == sorted(names, key=keys.encode_name)
+    for v in views:
+        assert set(v.runs) == {1_000_000, 2_000_000}, v.name
+        assert {r.claim for r in v.runs.values()} == {v.name}
+        assert v.alive == ({2_000_000} if v.name == "a" else set())
