@@ -103,6 +103,9 @@ class Compare:
     target: str
     op: str
     value: int | bytes
+    # over every key in [key, range_end) (etcd >= 3.3): true iff it holds for each key there;
+    # with no key there, it is judged on an absent key (create/mod/version 0)
+    range_end: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -1238,7 +1241,10 @@ def _compare_pb(pb: Any, c: Compare) -> Any:
     target, fld = targets[c.target]
     if (fld == "value") != isinstance(c.value, bytes):
         raise ValueError(f"compare {c.target!r} needs a {'bytes' if fld == 'value' else 'int'}")
-    return pb.Compare(result=results[c.op], target=target, key=c.key, **{fld: c.value})
+    return pb.Compare(
+        result=results[c.op], target=target, key=c.key, range_end=c.range_end or b"",
+        **{fld: c.value},
+    )  # fmt: skip
 
 
 def _txn_pb(pb: Any, t: SubTxn) -> Any:

@@ -541,6 +541,7 @@ class Watchdog:
                 self._stdin = None
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout)
+        self._close_stdout()
 
     def _send(self, line: str) -> None:
         """Write one line; caller holds the lock. Never raises."""

@@ -5,6 +5,7 @@ the schedule parser, grpc) are imported by the commands themselves."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -165,7 +166,7 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
     try:
         docs = listing.list_doc(store.scan_jobs(client, prefix), datetime.now(UTC))
         if as_json:
-            out = click.get_text_stream("stdout")
+            out = sys.stdout
             out.write("[")
             for i, doc in enumerate(docs):
                 out.write((", " if i else "") + json.dumps(doc))

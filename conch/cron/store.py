@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conch import __version__, keys
@@ -288,7 +288,7 @@ def _own(stored: RunRecord, revision: int) -> Claim:
     return Claim(mine, revision, stored)
 
 
-CLAIMS_PER_TXN = 125  # nested claims per transaction: 125 + their 3 ops <= --max-txn-ops 128
+CLAIMS_PER_TXN = 123  # nested claims per transaction: 123 + 3 + the forbid check's 2 <= 128
 
 
 @dataclass(frozen=True)
@@ -298,20 +298,6 @@ class ClaimRequest:
     job: Job
     job_rev: int
     tick: Tick
-
-
-def alive_ticks(client: Client, prefix: str, timeout: float | None = None) -> dict[str, set[Tick]]:
-    """Every job's alive runs (markers on some daemon's lease): one keys-only read."""
-    root = keys.cron_alive_root(prefix)
-    kvs, _ = client.get_range(root, keys.prefix_range_end(root), timeout=timeout, keys_only=True)
-    out: dict[str, set[Tick]] = {}
-    for kv in kvs:
-        try:
-            name, tick = keys.cron_split_tick_key(root, kv.key)
-        except ValueError:
-            continue
-        out.setdefault(name, set()).add(tick)
-    return out
 
 
 def claim(
@@ -358,30 +344,23 @@ def claim_many(
     was already pruned, nor one from before a `cron rm` + `cron add`.
 
     With overlap forbid, a tick whose previous run of the job is still alive is claimed as
-    SKIPPED (the record says so; nothing runs, no marker). The check is one read of every
-    alive marker just before the claims. `claim_id` identifies this daemon process: a claim
+    SKIPPED (the record says so; nothing runs, no marker). The check is part of the claim's
+    transaction (its job's alive markers must be none), so it sees a run that another daemon
+    claimed an instant before (cron invariant seed 919059: a check read before the claim did
+    not, and two runs overlapped). `claim_id` identifies this daemon process: a claim
     whose answer was lost and that is retried — by the client or by the daemon, even much
     later — finds its own record and is WON (or SKIPPED, as recorded), never TAKEN.
 
     An EtcdError fails the whole call: any of the claims may have committed."""
     if len(wants) > CLAIMS_PER_TXN:
         raise ValueError(f"at most {CLAIMS_PER_TXN} claims in one transaction")
-    alive: dict[str, set[Tick]] = {}
-    if any(w.job.overlap == "forbid" for w in wants):
-        alive = alive_ticks(client, prefix, timeout=timeout)
-    records = []
-    for w in wants:
-        busy = sorted(alive.get(w.job.name, set()) - {w.tick}) if w.job.overlap == "forbid" else []
-        records.append(RunRecord(
-            tick=format_tick(w.tick),
-            status=RunStatus.SKIPPED if busy else RunStatus.RUNNING,
-            daemon=daemon,
-            host=host,
-            claim=claim_id,
-            claimed=now,
-            started=None if busy else now,
-            reason=f"previous run (tick {format_tick(busy[-1])}) still running" if busy else "",
-        ))  # fmt: skip
+    records = [
+        RunRecord(
+            tick=format_tick(w.tick), status=RunStatus.RUNNING, daemon=daemon, host=host,
+            claim=claim_id, claimed=now, started=now,
+        )
+        for w in wants
+    ]  # fmt: skip
     out: list[Claim | None] = [None] * len(wants)
     todo = list(range(len(wants)))
     for _attempt in range(2):
@@ -392,10 +371,8 @@ def claim_many(
         )
         unmarked = []
         for i, r in zip(todo, res.responses, strict=True):
-            rec = records[i]
             if r.succeeded:
-                won = ClaimOutcome.SKIPPED if rec.status == RunStatus.SKIPPED else ClaimOutcome.WON
-                out[i] = Claim(won, res.revision, rec)
+                out[i] = _won_claim(prefix, wants[i], records[i], r.responses, res.revision)
             else:
                 c = _failed_claim(r.responses, wants[i].job_rev, claim_id)
                 if c is None:
@@ -417,16 +394,40 @@ def claim_many(
     return [c if c is not None else Claim(ClaimOutcome.CHANGED) for c in out]
 
 
+SKIPPED_REASON = "previous run still running"
+
+
+def _skipped(rec: RunRecord) -> RunRecord:
+    return replace(rec, status=RunStatus.SKIPPED, started=None, reason=SKIPPED_REASON)
+
+
 def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubTxn:
+    """The claim of one tick. With --overlap forbid, whether a previous run is alive is judged
+    inside it (a nested txn guarded on the job's alive markers being none), at the claim's own
+    revision: a run claimed an instant before by another daemon is always seen."""
     name, tick = w.job.name, w.tick
     run_key = keys.cron_run_key(prefix, name, tick)
     job_key = keys.cron_job_key(prefix, name)
     mark_key = keys.cron_mark_key(prefix, name)
     token = keys.tick_token(tick).encode()
-    ops = [Op("put", run_key, rec.to_json()), Op("put", mark_key, token)]
-    if rec.status == RunStatus.RUNNING:
-        alive_key = keys.cron_alive_key(prefix, name, tick)
-        ops.append(Op("put", alive_key, rec.daemon.encode(), lease=lease))
+    run = [
+        Op("put", run_key, rec.to_json()),
+        Op("put", keys.cron_alive_key(prefix, name, tick), rec.daemon.encode(), lease=lease),
+    ]
+    if w.job.overlap == "forbid":
+        alive_dir = keys.cron_alive_dir(prefix, name)
+        alive_end = keys.prefix_range_end(alive_dir)
+        unless_busy = SubTxn(
+            [Compare(alive_dir, "create", "==", 0, range_end=alive_end)],  # none alive
+            run,
+            [
+                Op("put", run_key, _skipped(rec).to_json()),
+                Op("get", alive_dir, range_end=alive_end, keys_only=True),
+            ],
+        )
+        ops: list[Op | SubTxn] = [Op("put", mark_key, token), unless_busy]
+    else:
+        ops = [Op("put", mark_key, token), *run]
     return SubTxn(
         [
             Compare(run_key, "create", "==", 0),
@@ -436,6 +437,26 @@ def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubT
         ops,
         [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
     )
+
+
+def _won_claim(
+    prefix: str, w: ClaimRequest, rec: RunRecord, responses: list[Any], revision: int
+) -> Claim:
+    """A claim that committed: WON, or SKIPPED when its forbid check found a run alive (the
+    record returned names that run's tick, for the log)."""
+    inner = responses[1] if w.job.overlap == "forbid" else None
+    if inner is None or inner.succeeded:
+        return Claim(ClaimOutcome.WON, revision, rec)
+    busy = []
+    alive_dir = keys.cron_alive_dir(prefix, w.job.name)
+    for kv in inner.responses[1] or []:
+        with contextlib.suppress(ValueError):
+            busy.append(keys.cron_tick(kv.key, alive_dir))
+    skipped = _skipped(rec)
+    if busy:
+        skipped = replace(skipped, reason=f"previous run (tick {format_tick(max(busy))}) "
+                                          "still running")  # fmt: skip
+    return Claim(ClaimOutcome.SKIPPED, revision, skipped)
 
 
 def _failed_claim(responses: list[Any], job_rev: int, claim_id: str) -> Claim | None:

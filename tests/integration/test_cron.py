@@ -554,3 +554,38 @@ def test_listing_reads_a_page_of_jobs_at_a_time_at_one_revision(
         assert set(v.runs) == {1_000_000, 2_000_000}, v.name
         assert {r.claim for r in v.runs.values()} == {v.name}
         assert v.alive == ({2_000_000} if v.name == "a" else set())
+
+
+def test_claims_go_123_to_a_transaction_and_judge_forbid_inside_it(
+    client: Client, prefix: str
+) -> None:
+    """store.claim_many: a full batch of --overlap forbid jobs (the most etcd's --max-txn-ops
+    allows with the check nested); a job with a run alive is SKIPPED — judged in the claim's
+    own transaction — and one claimed again is TAKEN."""
+    from conch.cron import store
+
+    n = store.CLAIMS_PER_TXN
+    wants = []
+    for i in range(n):
+        job = model.Job(f"f{i:03d}", "@every 1h", "UTC", ("true",), overlap="forbid")
+        rev = client.put(keys.cron_job_key(prefix, job.name), job.to_json())
+        client.put(keys.cron_mark_key(prefix, job.name), b"")
+        wants.append(store.ClaimRequest(job, rev, 7_000_000))
+    client.put(keys.cron_alive_key(prefix, "f005", 6_000_000), b"other")  # a run still alive
+    kw = {"daemon": "d", "claim_id": "me", "host": "h", "lease": 0, "now": "t"}
+    claims = store.claim_many(client, prefix, wants, **kw)
+    outcomes = [c.outcome for c in claims]
+    assert outcomes[5] is store.ClaimOutcome.SKIPPED
+    assert "tick 1970-01-01T00:00:06Z" in claims[5].record.reason  # named in the log
+    assert outcomes[:5] + outcomes[6:] == [store.ClaimOutcome.WON] * (n - 1)
+    assert len({c.revision for c in claims}) == 1  # one transaction
+    stored = records(client, prefix, "f005")[7_000_000]
+    assert stored.status == "skipped" and stored.started is None
+    assert client.get(keys.cron_alive_key(prefix, "f005", 7_000_000))[0] is None
+    assert client.get(keys.cron_alive_key(prefix, "f006", 7_000_000))[0] is not None
+    # the next tick of a job whose run (just claimed) is alive: skipped, by another daemon
+    later = store.ClaimRequest(wants[6].job, wants[6].job_rev, 8_000_000)
+    [c] = store.claim_many(client, prefix, [later], **{**kw, "claim_id": "other"})
+    assert c.outcome is store.ClaimOutcome.SKIPPED
+    [c] = store.claim_many(client, prefix, [wants[7]], **{**kw, "claim_id": "other"})
+    assert c.outcome is store.ClaimOutcome.TAKEN
