@@ -138,7 +138,7 @@ def _why_missed(r: dict[str, Any]) -> list[str]:
             f"CPU-bound: conchd and etcd spent {c['conchd_cpu_s']:.1f} s and "
             f"{c.get('etcd_cpu_s', 0.0):.1f} s of CPU on it ({per_run:.1f} ms per run) "
             "beside the children's own start, where the floor spends ~0.3 ms of Python per "
-            "child. A run costs a claim (125 to a transaction), one exec more than the floor "
+            "child. A run costs a claim (123 to a transaction), one exec more than the floor "
             "(the gate shell, /bin/sh, that execs the command once the watchdog guards its "
             "group), two Python threads (one follows the child, one reads its output), a "
             "log line at each end, and its share of a result transaction (42 to one) and of "
