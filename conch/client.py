@@ -852,23 +852,15 @@ class Client:
     ) -> tuple[list[KeyValue], int]:
         """All keys in [key, range_end), sorted by key (without their values if `keys_only`);
         and the header revision."""
-        pb, _ = _pb()
-        req = pb.RangeRequest(
-            key=key,
-            range_end=range_end,
-            sort_order=pb.RangeRequest.ASCEND,
-            sort_target=pb.RangeRequest.KEY,
-            keys_only=keys_only,
-        )
-        resp = self._call("KV", "Range", req, timeout)
-        return [_kv(kv) for kv in resp.kvs], resp.header.revision
+        kvs, revision, _more = self.get_page(key, range_end, 0, 0, timeout, keys_only)
+        return kvs, revision
 
     def get_page(
         self, key: bytes, range_end: bytes, limit: int, revision: int = 0,
         timeout: float | None = None, keys_only: bool = False,
     ) -> tuple[list[KeyValue], int, bool]:  # fmt: skip
-        """The first `limit` keys in [key, range_end), sorted by key (without values if
-        `keys_only`), as of `revision` (0: now); the header revision; and whether more keys
+        """The first `limit` keys (0: all) in [key, range_end), sorted by key (without values
+        if `keys_only`), as of `revision` (0: now); the header revision; and whether more keys
         follow. Raises EtcdError (e.g. the revision was compacted)."""
         pb, _ = _pb()
         req = pb.RangeRequest(
