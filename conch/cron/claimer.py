@@ -1,5 +1,5 @@
 """Claims: which of a daemon's jobs have a tick due (conch.cron.scheduler), the claim
-transaction for it (conch.cron.store.claim), and what each outcome means — a won tick is run,
+transaction for it (conch.cron.store.claim_many), and what each outcome means — a won tick is run,
 a skipped one recorded, a lost or stale one dropped. A claim whose answer was lost is resolved
 later by a read (store.own_claim): if it committed, the tick is this daemon's, run late.
 """
@@ -58,7 +58,7 @@ class Claimer:
         self._start_run = start_run
         self._on_skipped = on_skipped
         # identifies this daemon process's claims: a retried claim whose first answer was
-        # lost finds its own record (store.claim); a restarted daemon gets a new one
+        # lost finds its own record (store.claim_many); a restarted daemon gets a new one
         self.claim_id = uuid.uuid4().hex
         self._peers: frozenset[str] = frozenset()  # the live daemons the delays are for
         self._ranks: dict[str, int] = {}  # job name -> this daemon's rank among those peers

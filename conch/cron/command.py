@@ -4,7 +4,7 @@
 
 One daemon = one lease, a watch on the job definitions, a scheduler loop in the main thread,
 and one thread per run (conch.cron.daemon). At each tick every daemon tries the claim
-transaction (conch.cron.store.claim); the winner runs CMD in its own process group with
+transaction (conch.cron.store.claim_many); the winner runs CMD in its own process group with
 CONCH_JOB, CONCH_TICK and CONCH_REV, logs its output line by line prefixed with the job name,
 and writes the result. The design and every decision are in docs/cron.md.
 

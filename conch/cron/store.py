@@ -300,28 +300,6 @@ class ClaimRequest:
     tick: Tick
 
 
-def claim(
-    client: Client,
-    prefix: str,
-    job: Job,
-    job_rev: int,
-    tick: Tick,
-    *,
-    daemon: str,
-    claim_id: str,
-    host: str,
-    lease: int,
-    now: str,
-    timeout: float | None = None,
-) -> Claim:
-    """Try to claim `tick` of `job` (defined at mod revision `job_rev`): claim_many of one."""
-    [c] = claim_many(
-        client, prefix, [ClaimRequest(job, job_rev, tick)], daemon=daemon, claim_id=claim_id,
-        host=host, lease=lease, now=now, timeout=timeout,
-    )  # fmt: skip
-    return c
-
-
 def claim_many(
     client: Client,
     prefix: str,

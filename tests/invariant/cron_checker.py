@@ -51,9 +51,9 @@ a claim belongs to is the newest one added before its revision.
      by a daemon with a skewed clock early (its child started, or its record was first seen,
      at c2 < mono(t2) - early) and before this tick's claim window closed (c2 < mono(t) + P).
      The claim moved the job's low-water mark past t, which nobody may claim any more
-     (conch.cron.store.claim). This is evidence, not a time window: it excuses only ticks that an
-     early claim really jumped over. It covers what the skewed clock does — a clock that
-     steps forward claims early until the heartbeats correct it (conch.clockskew keeps a
+     (conch.cron.store.claim_many). This is evidence, not a time window: it excuses only
+     ticks that an early claim really jumped over. It covers what the skewed clock does — a
+     clock that steps forward claims early until the heartbeats correct it (conch.clockskew keeps a
      peer's largest offset of its last 5 heartbeats, 2 s apart, at most 15 s old); a
      (re)started skewed daemon waits at most 6 s for its peers' heartbeats (3 s if none is
      listed), then trusts its own clock until they come; after an etcd outage (peers'
