@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,23 @@ def _starts(log: Path) -> list[tuple[str, str, float]]:
     return out
 
 
+def _profile(daemons: list[subprocess.Popen[bytes]], work: Path) -> list[subprocess.Popen[bytes]]:
+    """With BENCH_PYSPY=DIR (and py-spy installed; not a dependency): sample every daemon from
+    just before the tick to the end of the window, in py-spy's raw (collapsed) form, to
+    DIR/conchd-JOBS-N.txt (only threads holding the interpreter lock with BENCH_PYSPY_GIL=1)."""
+    out = os.environ.get("BENCH_PYSPY", "")
+    if not out:
+        return []
+    extra = ["--gil"] if os.environ.get("BENCH_PYSPY_GIL") else []
+    jobs = work.name
+    return [
+        subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "-r", "250", "-f", "raw",
+                          "-o", f"{out}/conchd-{jobs}-{i}.txt", *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for i, p in enumerate(daemons)
+    ]  # fmt: skip
+
+
 def floor(n: int, work: Path) -> list[float]:
     """Lags of a bare loop starting the same n children (seconds after the loop's start)."""
     log = work / "floor.log"
@@ -157,6 +175,9 @@ def measure(
         cpu0 = sum(_cpu_seconds(p.pid) for p in daemons)
         etcd_cpu0 = sum(_cpu_seconds(pid) for pid in etcd_pids)
         req0 = _etcd_requests(endpoints[0])
+        while time.time() < tick - 0.3:
+            time.sleep(min(0.2, max(0.0, tick - 0.3 - time.time())))
+        spies = _profile(daemons, work)
         while time.time() < tick:
             time.sleep(min(0.2, max(0.0, tick - time.time())))
         end = time.time() + WAIT_AFTER + n * 0.05
@@ -167,6 +188,9 @@ def measure(
         etcd_cpu = sum(_cpu_seconds(pid) for pid in etcd_pids) - etcd_cpu0
         req1 = _etcd_requests(endpoints[0])
         rss = [_peak_rss_mb(p.pid) for p in daemons]
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     finally:
         for p in daemons:
             p.terminate()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -180,8 +180,7 @@ class RunRecord:
 
     def to_json(self) -> bytes:
         """The stored record: every field but `output`."""
-        d = asdict(self)
-        del d["output"]
+        d = {f: getattr(self, f) for f in _STORED_FIELDS}  # not asdict: it deep-copies, slowly
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -239,3 +238,7 @@ def prune_choice(
     one whose run is alive (a long run outlasting `keep` newer ticks keeps its record)."""
     newest_first = sorted(set(ticks), reverse=True)
     return sorted(t for t in newest_first[max(keep, 0) :] if t not in alive)
+
+
+# the fields of a stored run record, in order (every field but `output`)
+_STORED_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "output")

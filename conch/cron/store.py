@@ -413,7 +413,7 @@ def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubT
             Compare(mark_key, "value", "<", token),
         ],
         ops,
-        [Op("get", run_key), Op("get", job_key), Op("get", mark_key)],
+        [Op("get", run_key), Op("get", job_key, keys_only=True), Op("get", mark_key)],
     )
 
 
@@ -465,6 +465,20 @@ def _mark_tick(value: bytes) -> Tick | None:
         return keys.cron_tick(value)
     except ValueError:
         return None
+
+
+def claimed_ticks(
+    client: Client, prefix: str, ticks: Sequence[tuple[str, Tick]], timeout: float | None = None
+) -> list[int]:
+    """For each (job name, tick), at most CLAIMS_PER_TXN: the create revision of its run record
+    if the tick is claimed already, else 0 — one read of keys only. The daemon's peek before it
+    claims other daemons' shares (conch.cron.claimer): most are claimed by their owners, and
+    a claim that fails costs far more than a key read. Only a hint: the claim decides."""
+    if len(ticks) > CLAIMS_PER_TXN:
+        raise ValueError(f"at most {CLAIMS_PER_TXN} ticks in one read")
+    gets = [Op("get", keys.cron_run_key(prefix, n, t), keys_only=True) for n, t in ticks]
+    res = client.txn([], gets, timeout=timeout)
+    return [kvs[0].create_revision if kvs else 0 for kvs in res.responses]
 
 
 def own_claim(

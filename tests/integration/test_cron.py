@@ -593,3 +593,67 @@ def test_claims_go_123_to_a_transaction_and_judge_forbid_inside_it(
     assert c.outcome is store.ClaimOutcome.SKIPPED
     [c] = store.claim_many(client, prefix, [wants[7]], **{**kw, "claim_id": "other"})
     assert c.outcome is store.ClaimOutcome.TAKEN
+
+
+def test_other_daemons_shares_are_peeked_at_before_they_are_claimed(
+    client: Client, prefix: str, monkeypatch: Any
+) -> None:
+    """Claimer: ticks of jobs that are another daemon's share (rank > 0) and that their owner
+    claimed in time are read (keys only) and dropped as taken, not claimed (a failed claim
+    costs etcd and conchd several times more); the others are claimed and run — and so is a
+    tick this daemon may have claimed itself with the answer lost (`unsure`): the claim
+    recognises its own."""
+    import threading
+    from datetime import UTC, timedelta
+
+    from conch.cron import store
+    from conch.cron.claimer import Claimer
+    from conch.cron.metrics import NoMetrics
+    from conch.cron.scheduler import JobState
+    from conch.cron.share import rank
+    from conch.session import Session
+
+    peers = frozenset({"me", "other", "third"})
+    names = [n for n in (f"j{i:03d}" for i in range(100)) if rank("me", peers, n) > 0][:6]
+    started: list[str] = []
+    claimer = Claimer(client, prefix, "me", "h", NoMetrics(), time.time,
+                      start_run=lambda job, tick, c, lease: started.append(job.name),
+                      on_skipped=lambda name: None)  # fmt: skip
+    now = datetime.now(UTC)
+    states = {}
+    for name in names:
+        job = model.Job(name, "@every 1h", "UTC", ("true",))
+        rev = client.put(keys.cron_job_key(prefix, name), job.to_json())
+        client.put(keys.cron_mark_key(prefix, name), b"")
+        st = JobState.start(job, rev, now - timedelta(hours=1))
+        states[name] = st
+    tick = model.tick_of(states[names[0]].due)
+    kw = {"daemon": "x", "host": "h", "lease": 0, "now": "t"}
+
+    def claim(name: str, claim_id: str) -> None:
+        st = states[name]
+        [c] = store.claim_many(client, prefix, [store.ClaimRequest(st.job, st.rev, tick)],
+                               claim_id=claim_id, **kw)  # fmt: skip
+        assert c.outcome is store.ClaimOutcome.WON
+
+    claim(names[0], "another daemon")
+    claim(names[1], "another daemon")
+    claim(names[2], claimer.claim_id)  # ours, the answer lost:
+    states[names[2]].unsure.add(tick)
+    sent: list[str] = []
+    real = store.claim_many
+
+    def claim_many(client: Client, prefix: str, wants: Any, **kw: Any) -> Any:
+        sent.extend(w.job.name for w in wants)
+        return real(client, prefix, wants, **kw)
+
+    monkeypatch.setattr(store, "claim_many", claim_many)
+    session = Session(client, 10).open()
+    try:
+        claimer.claim_due(states, session, threading.Event(), peers - {"me"})
+    finally:
+        session.close()
+    assert all(states[n].rank > 0 for n in names)
+    assert sorted(sent) == sorted(names[2:])  # the taken two were only read
+    assert sorted(started) == sorted(names[2:])
+    assert all(model.tick_of(st.due) > tick for st in states.values())  # all decided
