@@ -10,10 +10,10 @@ Measured per size:
   misses (jobs with no start within the wait);
 * claims per second: runs started / (last start − T);
 * etcd requests in the tick's window (Txn and Range, from etcd's own /metrics);
-* conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM), and
-  etcd's CPU seconds over the same window;
+* conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM),
+  etcd's CPU seconds over the same window, and the whole machine's (children, watchdogs: all);
 * the floor, in the same run: one bare Python loop that starts the same N children with
-  `subprocess.Popen` (lag = child start − loop start).
+  `subprocess.Popen` (lag = child start − loop start), and the machine's CPU seconds over it.
 
 Jobs are written straight into etcd with conch's own store (conch.cron.store.add_job), as
 `cron add` would, many at a time; conchd is started after, so the daemons read them all at start-up.
@@ -87,6 +87,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _host_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core: user, system, irq, ...)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -124,19 +132,20 @@ def _profile(daemons: list[subprocess.Popen[bytes]], work: Path) -> list[subproc
     ]  # fmt: skip
 
 
-def floor(n: int, work: Path) -> list[float]:
-    """Lags of a bare loop starting the same n children (seconds after the loop's start)."""
+def floor(n: int, work: Path) -> tuple[list[float], float]:
+    """Lags of a bare loop starting the same n children (seconds after the loop's start), and
+    the machine's CPU seconds until they all ended."""
     log = work / "floor.log"
     cmd = ["bash", "-c", CHILD.format(log=log)]
     env = quiet_env()
-    t0 = time.time()
+    t0, host0 = time.time(), _host_cpu_seconds()
     procs = []
     for i in range(n):
         env_i = {**env, "CONCH_JOB": f"job{i:05d}", "CONCH_TICK": "floor"}
         procs.append(subprocess.Popen(cmd, env=env_i, start_new_session=True))
     for p in procs:
         p.wait()
-    return sorted(t - t0 for _, _, t in _starts(log))
+    return sorted(t - t0 for _, _, t in _starts(log)), _host_cpu_seconds() - host0
 
 
 def measure(
@@ -174,6 +183,7 @@ def measure(
         log_line(f"cron scale: {n} jobs due at {datetime.fromtimestamp(tick, UTC):%H:%M:%S}Z")
         cpu0 = sum(_cpu_seconds(p.pid) for p in daemons)
         etcd_cpu0 = sum(_cpu_seconds(pid) for pid in etcd_pids)
+        host0 = _host_cpu_seconds()
         req0 = _etcd_requests(endpoints[0])
         while time.time() < tick - 0.3:
             time.sleep(min(0.2, max(0.0, tick - 0.3 - time.time())))
@@ -186,6 +196,7 @@ def measure(
         time.sleep(1.0)  # stragglers and duplicates
         cpu = sum(_cpu_seconds(p.pid) for p in daemons) - cpu0
         etcd_cpu = sum(_cpu_seconds(pid) for pid in etcd_pids) - etcd_cpu0
+        host_cpu = _host_cpu_seconds() - host0
         req1 = _etcd_requests(endpoints[0])
         rss = [_peak_rss_mb(p.pid) for p in daemons]
         for spy in spies:
@@ -208,7 +219,7 @@ def measure(
     for j, _, t in starts:
         first[j] = min(first.get(j, t), t)
     lags = sorted(t - tick for t in first.values())
-    floor_lags = floor(n, work)
+    floor_lags, floor_host_cpu = floor(n, work)
     span = (lags[-1] if lags else 0.0) or 1e-9
     return {
         "jobs": n,
@@ -225,5 +236,7 @@ def measure(
         },
         "conchd_cpu_s": round(cpu, 2),
         "etcd_cpu_s": round(etcd_cpu, 2),
+        "host_cpu_s": round(host_cpu, 2),  # the whole machine, children and watchdogs too
+        "floor_host_cpu_s": round(floor_host_cpu, 2),
         "conchd_peak_rss_mb": [round(x, 1) for x in rss],
     }

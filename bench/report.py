@@ -347,10 +347,17 @@ def _load_md(load: dict[str, Any]) -> list[str]:
     return md
 
 
+def _host_cpu(c: dict[str, Any]) -> str:
+    if "host_cpu_s" not in c:  # results from before the column
+        return "-"
+    return f"{c['host_cpu_s']:.1f} ({c['floor_host_cpu_s']:.1f})"
+
+
 def _cron_md(runs: list[dict[str, Any]]) -> list[str]:
     rows = [["jobs", "start p50 ms", "p99 ms", "max ms", "floor p50 / p99 / max ms",
              "p99 / floor", "duplicates", "misses", "claims / s", "etcd Txn / Range",
-             "conchd CPU s", "etcd CPU s", "conchd peak RSS MB"]]  # fmt: skip
+             "conchd CPU s", "etcd CPU s", "machine CPU s (floor's)",
+             "conchd peak RSS MB"]]  # fmt: skip
     for c in runs:
         lag, fl, req = c["lag_s"], c["floor_s"], c["etcd_requests"]
         rows.append([str(c["jobs"]), f"{lag['p50'] * 1000:.0f}", f"{lag['p99'] * 1000:.0f}",
@@ -359,12 +366,15 @@ def _cron_md(runs: list[dict[str, Any]]) -> list[str]:
                      _ratio(lag["p99"], fl["p99"]), str(c["duplicates"]), str(c["misses"]),
                      f"{c['claims_per_s']:.0f}", f"{req.get('Txn', 0)} / {req.get('Range', 0)}",
                      f"{c['conchd_cpu_s']:.1f}", f"{c.get('etcd_cpu_s', 0.0):.1f}",
+                     _host_cpu(c),
                      " / ".join(f"{x:.0f}" for x in c["conchd_peak_rss_mb"])])  # fmt: skip
     return ["", f"## cron: N jobs due on one tick, {runs[0]['daemons']} conchd, 1 etcd member",
             "", "Start = the child's first line (bash's `$EPOCHREALTIME`) - the tick. The floor: "
             "one bare Python loop starting the same N children, in the same run (start - the "
-            "loop's start). etcd requests and CPU, conchd CPU: from the tick until 1 s after "
-            "the last start.", "", _table(rows)]  # fmt: skip
+            "loop's start). etcd requests and CPU, conchd CPU, the machine's CPU (all its cores, "
+            "everything: children and watchdogs too): from the tick until 1 s after the last "
+            "start; the floor's machine CPU: from the loop's start until its children ended.",
+            "", _table(rows)]  # fmt: skip
 
 
 def write(r: dict[str, Any], out: Path, plots: bool = True) -> Path:
