@@ -56,18 +56,19 @@ def due_schedule(at: float) -> tuple[str, float]:
     return f"@every {d_us / 1e6:.6f}", k * d_us / 1e6
 
 
-def _add_jobs(endpoints: list[str], prefix: str, n: int, schedule: str, log: Path) -> None:
+def _add_jobs(endpoints: list[str], prefix: str, schedules: list[str], log: Path) -> None:
+    """Job i (named job{i:05d}) on schedules[i]."""
     cmd = ["bash", "-c", CHILD.format(log=log)]
     now_tick = model.tick_of(datetime.now(UTC))
     client = Client(ClientConfig(endpoints=tuple(endpoints)))
     try:
 
         def add(i: int) -> None:
-            job = store.host_record(cmd, f"job{i:05d}", schedule, "UTC")
+            job = store.host_record(cmd, f"job{i:05d}", schedules[i], "UTC")
             store.add_job(client, prefix, job, replace=False, now_tick=now_tick)
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(add, range(n)))
+            list(pool.map(add, range(len(schedules))))
     finally:
         client.close()
 
@@ -148,6 +149,65 @@ def floor(n: int, work: Path) -> tuple[list[float], float]:
     return sorted(t - t0 for _, _, t in _starts(log)), _host_cpu_seconds() - host0
 
 
+class _Daemons:
+    """3 conchd on `prefix`, logging to work/conchd-N.log; SIGTERMed on exit."""
+
+    def __init__(self, endpoints: list[str], prefix: str, work: Path) -> None:
+        env = {**quiet_env(), "CONCH_ENDPOINTS": ",".join(endpoints), "CONCH_PREFIX": prefix}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = [work / f"conchd-{i}.log" for i in range(DAEMONS)]
+        for i, path in enumerate(self.logs):
+            with open(path, "wb") as out:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "conch.cron.command", "--id", f"d{i}", "--ttl", "10s"],
+                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+
+    def __enter__(self) -> _Daemons:
+        poll(lambda: all("claiming ticks" in p.read_text() for p in self.logs), 120,
+             "the daemons to start claiming", every=0.2)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+    def seen(self, n: int, timeout: float) -> None:
+        """Wait until every daemon has logged n jobs added."""
+        poll(lambda: all(p.read_text().count("' added: ") >= n for p in self.logs),
+             max(1.0, timeout), "every daemon to see every job", every=0.5)  # fmt: skip
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu_seconds(p.pid) for p in self.procs)
+
+    def peak_rss_mb(self) -> list[float]:
+        return [round(_peak_rss_mb(p.pid), 1) for p in self.procs]
+
+
+def _sleep_until(t: float) -> None:
+    while (left := t - time.time()) > 0:
+        time.sleep(min(0.2, left))
+
+
+def _first_starts(log: Path) -> tuple[dict[str, float], int]:
+    """Each job's first start, and how many starts were duplicates."""
+    first: dict[str, float] = {}
+    dups = 0
+    for j, _, t in _starts(log):
+        if j in first:
+            dups += 1
+            first[j] = min(first[j], t)
+        else:
+            first[j] = t
+    return first, dups
+
+
 def measure(
     endpoints: list[str],
     n: int,
@@ -159,65 +219,34 @@ def measure(
     work.mkdir(parents=True, exist_ok=True)
     prefix = f"/bench-cron-{n}-{int(time.time())}/"
     log = work / "starts.log"
-    env = {**quiet_env(), "CONCH_ENDPOINTS": ",".join(endpoints), "CONCH_PREFIX": prefix}
-    daemons, logs = [], []
-    for i in range(DAEMONS):
-        out = open(work / f"conchd-{i}.log", "wb")  # noqa: SIM115
-        logs.append(work / f"conchd-{i}.log")
-        daemons.append(subprocess.Popen(
-            [sys.executable, "-m", "conch.cron.command", "--id", f"d{i}", "--ttl", "10s"],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        out.close()
-    try:
-        poll(lambda: all("claiming ticks" in p.read_text() for p in logs), 120,
-             "the daemons to start claiming", every=0.2)  # fmt: skip
+    with _Daemons(endpoints, prefix, work) as daemons:
         # the tick: after the jobs are written and every daemon has seen them all
         schedule, tick = due_schedule(time.time() + SETTLE + n * ADD_COST)
-        _add_jobs(endpoints, prefix, n, schedule, log)
-        poll(lambda: all(p.read_text().count("' added: ") >= n for p in logs),
-             max(1.0, tick - time.time() - 1), "every daemon to see every job",
-             every=0.5)  # fmt: skip
+        _add_jobs(endpoints, prefix, [schedule] * n, log)
+        daemons.seen(n, tick - time.time() - 1)
         if time.time() > tick - 0.5:
             raise RuntimeError(f"{n} jobs: set up only {tick - time.time():.1f}s before the tick")
         log_line(f"cron scale: {n} jobs due at {datetime.fromtimestamp(tick, UTC):%H:%M:%S}Z")
-        cpu0 = sum(_cpu_seconds(p.pid) for p in daemons)
+        cpu0 = daemons.cpu_seconds()
         etcd_cpu0 = sum(_cpu_seconds(pid) for pid in etcd_pids)
         host0 = _host_cpu_seconds()
         req0 = _etcd_requests(endpoints[0])
-        while time.time() < tick - 0.3:
-            time.sleep(min(0.2, max(0.0, tick - 0.3 - time.time())))
-        spies = _profile(daemons, work)
-        while time.time() < tick:
-            time.sleep(min(0.2, max(0.0, tick - time.time())))
+        _sleep_until(tick - 0.3)
+        spies = _profile(daemons.procs, work)
+        _sleep_until(tick)
         end = time.time() + WAIT_AFTER + n * 0.05
         while time.time() < end and len({j for j, _, _ in _starts(log)}) < n:
             time.sleep(0.2)
         time.sleep(1.0)  # stragglers and duplicates
-        cpu = sum(_cpu_seconds(p.pid) for p in daemons) - cpu0
+        cpu = daemons.cpu_seconds() - cpu0
         etcd_cpu = sum(_cpu_seconds(pid) for pid in etcd_pids) - etcd_cpu0
         host_cpu = _host_cpu_seconds() - host0
         req1 = _etcd_requests(endpoints[0])
-        rss = [_peak_rss_mb(p.pid) for p in daemons]
+        rss = daemons.peak_rss_mb()
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-    finally:
-        for p in daemons:
-            p.terminate()
-        for p in daemons:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-    starts = [(j, tk, t) for j, tk, t in _starts(log)]
-    seen: dict[str, int] = {}
-    for j, _, _ in starts:
-        seen[j] = seen.get(j, 0) + 1
-    first = {}
-    for j, _, t in starts:
-        first[j] = min(first.get(j, t), t)
+    first, dups = _first_starts(log)
     lags = sorted(t - tick for t in first.values())
     floor_lags, floor_host_cpu = floor(n, work)
     span = (lags[-1] if lags else 0.0) or 1e-9
@@ -226,17 +255,78 @@ def measure(
         "daemons": DAEMONS,
         "lag_s": summary(lags),
         "floor_s": summary(floor_lags),
-        "duplicates": sum(c - 1 for c in seen.values()),
+        "duplicates": dups,
         "misses": n - len(first),
         "claims_per_s": round(len(first) / span, 1),
-        "etcd_requests": {
-            k: int(req1.get(k, 0) - req0.get(k, 0))
-            for k in ("Txn", "Range", "Put", "DeleteRange")
-            if k in req1
-        },
+        "etcd_requests": _delta(req0, req1),
         "conchd_cpu_s": round(cpu, 2),
         "etcd_cpu_s": round(etcd_cpu, 2),
         "host_cpu_s": round(host_cpu, 2),  # the whole machine, children and watchdogs too
         "floor_host_cpu_s": round(floor_host_cpu, 2),
-        "conchd_peak_rss_mb": [round(x, 1) for x in rss],
+        "conchd_peak_rss_mb": rss,
+    }
+
+
+def _delta(req0: dict[str, float], req1: dict[str, float]) -> dict[str, int]:
+    return {
+        k: int(req1.get(k, 0) - req0.get(k, 0))
+        for k in ("Txn", "Range", "Put", "DeleteRange")
+        if k in req1
+    }
+
+
+def steady(
+    endpoints: list[str],
+    n: int,
+    spread: float,
+    window: float,
+    work: Path,
+    log_line: Any,
+    etcd_pids: list[int] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """N jobs whose ticks are spread evenly over `spread` seconds (10,000 over an hour: one
+    every 0.36 s, as H-style minutes would spread them), 3 daemons, measured over the first
+    `window` seconds of it: every job is defined and watched, the jobs of the window run.
+    Job i's tick: T0 + i * spread / N, its schedule an `@every D` of about a day that falls
+    there (due_schedule): each job runs once in the run, at its own instant."""
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = f"/bench-cron-steady-{n}-{int(time.time())}/"
+    log = work / "starts.log"
+    with _Daemons(endpoints, prefix, work) as daemons:
+        t0 = time.time() + SETTLE + n * ADD_COST
+        due = [due_schedule(t0 + i * spread / n) for i in range(n)]
+        ticks = {f"job{i:05d}": tick for i, (_, tick) in enumerate(due)}
+        _add_jobs(endpoints, prefix, [schedule for schedule, _ in due], log)
+        daemons.seen(n, t0 - time.time() - 1)
+        if time.time() > t0 - 0.5:
+            raise RuntimeError(f"{n} jobs: set up only {t0 - time.time():.1f}s before the first")
+        expected = {j for j, t in ticks.items() if t < t0 + window}
+        log_line(f"cron steady: {n} jobs over {spread:g} s, {len(expected)} due in the "
+                 f"{window:g} s from {datetime.fromtimestamp(t0, UTC):%H:%M:%S}Z")  # fmt: skip
+        _sleep_until(t0)
+        cpu0, req0 = daemons.cpu_seconds(), _etcd_requests(endpoints[0])
+        etcd_cpu0 = sum(_cpu_seconds(pid) for pid in etcd_pids)
+        _sleep_until(t0 + window)
+        cpu = daemons.cpu_seconds() - cpu0
+        etcd_cpu = sum(_cpu_seconds(pid) for pid in etcd_pids) - etcd_cpu0
+        req = _delta(req0, _etcd_requests(endpoints[0]))
+        rss = daemons.peak_rss_mb()
+        # the window's last jobs: given as long as the first ones had (their lags, p99 and up)
+        _sleep_until(t0 + window + WAIT_AFTER / 6)
+    first, dups = _first_starts(log)
+    lags = sorted(first[j] - ticks[j] for j in expected if j in first)
+    return {
+        "jobs": n,
+        "daemons": DAEMONS,
+        "spread_s": spread,
+        "window_s": window,
+        "due": len(expected),
+        "lag_s": summary(lags),
+        "duplicates": dups,
+        "misses": len(expected - set(first)),
+        "early": sum(1 for j, t in first.items() if t < ticks[j]),
+        "etcd_requests_per_s": {k: round(v / window, 1) for k, v in req.items()},
+        "conchd_cpu_pct": round(100 * cpu / window, 1),  # of one core, the 3 daemons together
+        "etcd_cpu_pct": round(100 * etcd_cpu / window, 1),
+        "conchd_peak_rss_mb": rss,
     }

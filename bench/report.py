@@ -69,6 +69,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
         out.append((f"cron, {c['jobs']} jobs on one tick: 0 duplicates, 0 misses",
                     c["duplicates"] == 0 and c["misses"] == 0,
                     f"{c['duplicates']} duplicates, {c['misses']} misses"))  # fmt: skip
+    st = r.get("steady")
+    if st:
+        out.append((f"cron, {st['jobs']} jobs spread over {st['spread_s']:g} s: 0 duplicates, "
+                    "0 misses, none early", st["duplicates"] == st["misses"] == st["early"] == 0,
+                    f"{st['duplicates']} duplicates, {st['misses']} misses, {st['early']} early "
+                    f"of {st['due']} due"))  # fmt: skip
     return out
 
 
@@ -292,6 +298,8 @@ def markdown(r: dict[str, Any], plots: list[str]) -> str:
         md += _load_md(r["load"])
     if r.get("cron"):
         md += _cron_md(r["cron"])
+    if r.get("steady"):
+        md += _steady_md(r["steady"])
     if plots:
         md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(md) + "\n"
@@ -375,6 +383,27 @@ def _cron_md(runs: list[dict[str, Any]]) -> list[str]:
             "everything: children and watchdogs too): from the tick until 1 s after the last "
             "start; the floor's machine CPU: from the loop's start until its children ended.",
             "", _table(rows)]  # fmt: skip
+
+
+def _steady_md(st: dict[str, Any]) -> list[str]:
+    lag, req = st["lag_s"], st["etcd_requests_per_s"]
+    rows = [["jobs", "due in the window", "start lag p50 / p99 / max ms", "duplicates",
+             "misses", "early", "etcd Txn / Range per s", "etcd CPU %",
+             "conchd CPU % (3 together)", "conchd peak RSS MB"],
+            [str(st["jobs"]), str(st["due"]),
+             f"{lag['p50'] * 1000:.0f} / {lag['p99'] * 1000:.0f} / {lag['max'] * 1000:.0f}",
+             str(st["duplicates"]), str(st["misses"]), str(st["early"]),
+             f"{req.get('Txn', 0):g} / {req.get('Range', 0):g}",
+             f"{st['etcd_cpu_pct']:.1f}", f"{st['conchd_cpu_pct']:.1f}",
+             " / ".join(f"{x:.0f}" for x in st["conchd_peak_rss_mb"])]]  # fmt: skip
+    return ["", f"## cron steady state: {st['jobs']} jobs spread over {st['spread_s']:g} s, "
+            f"{st['daemons']} conchd", "",
+            f"Job i ticks at T0 + i x {st['spread_s']:g} s / {st['jobs']} (as H-style minutes "
+            "spread an hour's jobs; each an `@every` schedule of about a day that falls there); "
+            f"every job is defined and watched by every daemon, and the first {st['window_s']:g} "
+            "s of the spread are measured: lag = the child's first line - its job's tick; "
+            "early = started before it; etcd requests and CPU, conchd CPU: over the window "
+            "(% of one core).", "", _table(rows)]  # fmt: skip
 
 
 def write(r: dict[str, Any], out: Path, plots: bool = True) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import common
 
-SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema", "load", "cron")
+SECTIONS = ("handover", "queue", "oneshot", "memory", "crash", "sema", "load", "cron", "steady")
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,16 @@ class Sizes:
     load_slots: int
     load_seconds: float
     cron_jobs: tuple[int, ...]  # jobs due on one tick across 3 conchd (issue 9)
+    steady: tuple[int, float, float]  # jobs spread over seconds, measured over the first seconds
 
     @classmethod
     def full(cls) -> Sizes:
         return cls(30, (1, 10, 100, 200), 0.05, 20, 3, 10.0, 5, 10, 100, 4, 50, 16, 8, 60.0,
-                   (100, 1000, 10000))  # fmt: skip
+                   (100, 1000, 10000), (10000, 3600.0, 180.0))  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(2, (1, 3), 0.0, 2, 1, 1.0, 1, 3, 4, 2, 4, 2, 2, 2.0, (5,))
+        return cls(2, (1, 3), 0.0, 2, 1, 1.0, 1, 3, 4, 2, 4, 2, 2, 2.0, (5,), (20, 4.0, 4.0))
 
 
 def _ms(xs: list[float]) -> dict[str, float]:
@@ -133,7 +134,26 @@ def run(sections: list[str], sizes: Sizes, log: Callable[[str], None]) -> dict[s
         results["load"] = _load(sizes, log)
     if "cron" in sections:
         results["cron"] = _cron(sizes, log)
+    if "steady" in sections:
+        results["steady"] = _steady(sizes, log)
     return results
+
+
+def _steady(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from bench import cron_scale
+
+    n, spread, window = sizes.steady
+    log(f"cron steady: {n} jobs spread over {spread:g} s, {cron_scale.DAEMONS} conchd")
+    cluster = common.start_etcd(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="conch-bench-steady-") as tmp:
+            pids = [m.pid for m in cluster.members if m.pid is not None]
+            return cron_scale.steady(cluster.endpoints, n, spread, window, Path(tmp), log, pids)
+    finally:
+        cluster.stop()
 
 
 def _cron(sizes: Sizes, log: Callable[[str], None]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ of another name, of another N, or of another primitive.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from urllib.parse import quote, unquote
 
@@ -31,6 +32,7 @@ def validate_name(name: str) -> None:
             raise ValueError("name is not valid UTF-8 (lone surrogate)")
 
 
+@functools.lru_cache(maxsize=16384)  # conchd builds a job's keys many times a tick
 def encode_name(name: str) -> str:
     validate_name(name)
     return quote(name, safe="", encoding="utf-8", errors="strict")
@@ -40,6 +42,7 @@ def decode_name(encoded: str) -> str:
     return unquote(encoded, encoding="utf-8", errors="strict")
 
 
+@functools.lru_cache(maxsize=64)  # every key is built with it
 def normalize_prefix(prefix: str) -> str:
     """Key namespace. A missing trailing '/' is added so that `/conch` and `/conchx` never mix."""
     if any(unicodedata.category(ch) == "Cc" for ch in prefix):

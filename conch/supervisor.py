@@ -176,6 +176,12 @@ class Child:
     def __repr__(self) -> str:
         return f"<Child pid={self.pid} returncode={self.returncode}>"
 
+    @property
+    def pidfd(self) -> int | None:
+        """A descriptor readable once the child has exited (Linux >= 5.3), until it is reaped
+        (which closes it): for a caller that waits on many children with one selector."""
+        return self._pidfd
+
     @classmethod
     def spawn(
         cls,

@@ -18,7 +18,8 @@ The daemon, conchd:
     share.py        pure: which daemon claims a job first (rendezvous hash), the others when
     claimer.py      claiming the due ticks, many to a transaction, and acting on each outcome
     launcher.py     starts won ticks in claim order, from one thread
-    runner.py       one run: gated child, timeout, stop, its record
+    runner.py       one run: its gated child started, its record
+    follower.py     one thread following every child: output, end, timeout, stop
     guard.py        the daemon's one watchdog, guarding every run's process group
     results.py      writes finished runs' records, many to a transaction
     output.py       a run's output: logged by line, its tail kept

@@ -1,6 +1,7 @@
 """The conchd daemon: one lease (conch.session.Session, --ttl), a watch on the job definitions,
 the scheduler loop in the main thread, and shutdown. Claims are conch.cron.claimer's, runs
-conch.cron.runner's (a thread each), history pruning and heartbeats threads of their own.
+conch.cron.runner's (started by one launcher thread, followed by one follower thread), history
+pruning and heartbeats threads of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conch.client import (
 )
 from conch.cron import store
 from conch.cron.claimer import Claimer
+from conch.cron.follower import Follower
 from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
 from conch.cron.housekeeper import Housekeeper
@@ -78,10 +80,12 @@ class Daemon:
         )  # fmt: skip
         self.guard = GroupGuard()  # one watchdog for every run's process group
         self.launcher = Launcher()  # starts won ticks in claim order
+        # follows every started child: output, end, --timeout, conchd's stop
+        self.follower = Follower(self.stopping, lambda: self.stop_signal)
         self.results = ResultWriter(client, prefix, self.stopping)  # writes their records
         self._run_context = RunContext(
             metrics, self.stopping, lambda: self.stop_signal, self._run_finished, self.guard,
-            self.results,
+            self.follower, self.results,
         )  # fmt: skip
 
     # -- signals ---------------------------------------------------------------------------
@@ -122,6 +126,7 @@ class Daemon:
         self.housekeeper.start()
         self.heartbeat.start()
         self.launcher.start()
+        self.follower.start()
         self.results.start()
         while not self.stopping.is_set():
             try:
@@ -343,8 +348,9 @@ class Daemon:
         self.launcher.join(STOP_SPARE)
         with self._lock:
             runs = list(self.runs.values())
-        followers = [r.thread for r in runs if r.thread is not None]
-        _join_all(followers, longest + SIGKILL_GRACE + 1.0)
+        longest = max((r.job.kill_after for r in runs), default=longest)
+        self.follower.wait_idle(longest + SIGKILL_GRACE + 1.0)  # every child ended, reaped
+        self.follower.halt()
         self.results.halt()  # after every record it was given: written or given up
         self.results.join(RESULT_GRACE + store.CLAIM_TIMEOUT + 1.0)
         _join_all([self.housekeeper, self.heartbeat], STOP_SPARE)

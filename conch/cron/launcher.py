@@ -1,7 +1,7 @@
 """The launcher: starts this daemon's won ticks one after another, in the order they were
 claimed, from one thread — so the claimer goes on claiming while children start, and a
 thousand due jobs cost a thousand spawns in a row, not a thousand threads racing for the
-interpreter. Each run then follows its child in a thread of its own (conch.cron.runner)."""
+interpreter. The daemon's follower then follows every started child (conch.cron.follower)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ a tick is an instant as integer Unix microseconds (`Tick`), exact where a float 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -61,6 +62,7 @@ def tick_datetime(tick: Tick) -> datetime:
     return _EPOCH + timedelta(microseconds=tick)
 
 
+@functools.lru_cache(maxsize=4096)  # many jobs share a tick; conchd formats each many times
 def format_tick(tick: Tick) -> str:
     """A tick as RFC 3339 UTC: whole seconds as `2026-01-02T03:04:05Z`, else with the fraction
     (`...05.5Z`). Used for CONCH_TICK and the `tick`/`next_tick` fields."""
