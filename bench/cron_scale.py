@@ -12,6 +12,7 @@ Measured per size:
 * etcd requests in the tick's window (Txn and Range, from etcd's own /metrics);
 * conchd CPU seconds (all three, from T until the last start + 1 s) and peak RSS (VmHWM),
   etcd's CPU seconds over the same window, and the whole machine's (children, watchdogs: all);
+* the gate's CPU per run (gate_cost: the same child with and without conch's gate shell);
 * the floor, in the same run: one bare Python loop that starts the same N children with
   `subprocess.Popen` (lag = child start − loop start), and the machine's CPU seconds over it.
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +211,33 @@ def _first_starts(log: Path) -> tuple[dict[str, float], int]:
     return first, dups
 
 
+def gate_cost(work: Path, n: int = 200) -> float:
+    """CPU ms one run's gate costs: the same child started n times bare (os.posix_spawn) and n
+    times through conch's gate (Child.spawn, the gate opened at once), CPU of the reaped
+    children per start, the difference. The gate shell execs the command: one process each."""
+    from conch.supervisor import Child
+
+    log = work / "gate.log"
+    cmd = ["bash", "-c", CHILD.format(log=log)]
+    env = quiet_env()
+    bash = shutil.which("bash", path=env.get("PATH")) or "/bin/bash"
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    c0 = children_cpu()
+    for _ in range(n):
+        os.waitpid(os.posix_spawn(bash, cmd, env), 0)
+    c1 = children_cpu()
+    for _ in range(n):
+        child = Child.spawn(cmd, env)
+        child.open_gate()
+        child.wait()
+    c2 = children_cpu()
+    return round(((c2 - c1) - (c1 - c0)) / n * 1000, 2)
+
+
 def measure(
     endpoints: list[str],
     n: int,
@@ -249,6 +279,7 @@ def measure(
     first, dups = _first_starts(log)
     lags = sorted(t - tick for t in first.values())
     floor_lags, floor_host_cpu = floor(n, work)
+    gate_ms = gate_cost(work, max(20, min(200, n)))
     span = (lags[-1] if lags else 0.0) or 1e-9
     return {
         "jobs": n,
@@ -263,6 +294,7 @@ def measure(
         "etcd_cpu_s": round(etcd_cpu, 2),
         "host_cpu_s": round(host_cpu, 2),  # the whole machine, children and watchdogs too
         "floor_host_cpu_s": round(floor_host_cpu, 2),
+        "gate_cpu_ms": gate_ms,  # one run's gate shell (measured beside: gate_cost)
         "conchd_peak_rss_mb": rss,
     }
 

@@ -27,7 +27,7 @@ from conch.client import (
 )
 from conch.cron import store
 from conch.cron.claimer import Claimer
-from conch.cron.follower import Follower
+from conch.cron.follower import OUTPUT_GRACE, Follower
 from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
 from conch.cron.housekeeper import Housekeeper
@@ -349,7 +349,8 @@ class Daemon:
         with self._lock:
             runs = list(self.runs.values())
         longest = max((r.job.kill_after for r in runs), default=longest)
-        self.follower.wait_idle(longest + SIGKILL_GRACE + 1.0)  # every child ended, reaped
+        # every child ended and reaped, its output read (or given up after OUTPUT_GRACE)
+        self.follower.wait_idle(longest + SIGKILL_GRACE + OUTPUT_GRACE + 1.0)
         self.follower.halt()
         self.results.halt()  # after every record it was given: written or given up
         self.results.join(RESULT_GRACE + store.CLAIM_TIMEOUT + 1.0)

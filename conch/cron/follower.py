@@ -85,7 +85,10 @@ class Follower(threading.Thread):
         super().__init__(name="follower", daemon=True)
         self.stopping, self.stop_signal = stopping, stop_signal
         self._sel = selectors.DefaultSelector()
-        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # work for the follower's thread from others: (what, the child it is about or None)
+        self._inbox: queue.SimpleQueue[tuple[Callable[[_Followed], None], _Followed | None]] = (
+            queue.SimpleQueue()
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -94,6 +97,8 @@ class Follower(threading.Thread):
         self._count = 0  # len(self._runs), for other threads
         self._idle = threading.Condition()
         self._halted = False
+        self._touched: set[_Followed] = set()  # children with news since the last step
+        self._swept = 0.0  # time.monotonic() of the last look at every child
 
     # -- other threads --------------------------------------------------------------------
     def follow(
@@ -114,7 +119,7 @@ class Follower(threading.Thread):
         f = _Followed(child, label, OutputTail(job), timeout, kill_after, started, on_end, out_fd)
         with self._idle:
             self._count += 1
-        self._post(lambda: self._add(f))
+        self._post(self._add, f)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no child is followed; False after `timeout`."""
@@ -123,10 +128,10 @@ class Follower(threading.Thread):
 
     def halt(self) -> None:
         """Stop the loop (runs still followed are dropped: call after wait_idle)."""
-        self._post(self._halt)
+        self._post(self._halt, None)
 
-    def _post(self, fn: Callable[[], None]) -> None:
-        self._inbox.put(fn)
+    def _post(self, fn: Callable[[_Followed], None], f: _Followed | None) -> None:
+        self._inbox.put((fn, f))  # type: ignore[arg-type]
         with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
             os.write(self._wake_w, b"x")
 
@@ -143,19 +148,25 @@ class Follower(threading.Thread):
     def _step(self) -> None:
         for key, _mask in self._sel.select(self._wait()):
             f = key.data
+            if f is None:
+                self._drain_inbox()
+                continue
             try:
-                if f is None:
-                    self._drain_inbox()
-                elif key.fd == f.out_fd:
+                if key.fd == f.out_fd:
                     self._read(f)
                 else:
                     self._exited(f)
             except Exception:  # the follower must not die: other runs need it
-                log.exception("%s: internal error", getattr(f, "label", "follower"))
-                if f is not None:
-                    self._give_up(f)
+                log.exception("%s: internal error", f.label)
+                self._give_up(f)
+            self._touched.add(f)
+        # the children with news; every child once a TICK (--timeout, conchd's stop, exits
+        # without a pidfd): a step costs what happened, not how many children run
         now = time.monotonic()
-        for f in list(self._runs):
+        if now - self._swept >= TICK:
+            self._swept, self._touched = now, set(self._runs)
+        touched, self._touched = self._touched, set()
+        for f in touched:
             try:
                 self._check(f, now)
             except Exception:
@@ -165,29 +176,33 @@ class Follower(threading.Thread):
     def _wait(self) -> float | None:
         if not self._runs:
             return None  # nothing to follow: until something is posted
-        wait = TICK
-        now = time.monotonic()
-        for f in self._runs:
-            if f.deadline is not None and f.returncode is None and not f.killing:
-                wait = min(wait, f.deadline - now)
-        return max(0.0, wait)
+        if self._touched:
+            return 0.0
+        return max(0.0, self._swept + TICK - time.monotonic())
 
     def _drain_inbox(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
         while True:
             try:
-                fn = self._inbox.get_nowait()
+                fn, f = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            fn()
+            try:
+                fn(f)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("%s: internal error", f.label if f else "follower")
+                if f is not None:
+                    self._give_up(f)
+            if f is not None:
+                self._touched.add(f)
 
-    def _halt(self) -> None:
+    def _halt(self, _f: _Followed | None) -> None:
         self._halted = True
 
     def _add(self, f: _Followed) -> None:
         self._runs.add(f)
-        assert f.out_fd is not None
+        assert f.out_fd is not None  # closed by the follower only
         self._sel.register(f.out_fd, selectors.EVENT_READ, f)
         pidfd = f.child.pidfd
         if pidfd is not None:
@@ -227,12 +242,12 @@ class Follower(threading.Thread):
         self._poll(f)
 
     def _poll(self, f: _Followed) -> None:
-        if f.returncode is not None or f.killing:
+        """Reap the child if it exited. Only when its pidfd is not watched: reaping closes it."""
+        if f.returncode is not None or f.killing or f.watching_exit:
             return
         rc = f.child.poll()
         if rc is None:
             return
-        self._unwatch_exit(f)
         f.returncode = rc
         f.exited = (time.monotonic() - f.started, time.time())
         if f.child.group_alive():  # processes left behind: TERM, then KILL (a thread)
@@ -281,7 +296,7 @@ class Follower(threading.Thread):
             except Exception:
                 log.exception("%s: internal error", f.label)
             finally:
-                self._post(lambda: self._killed(f))
+                self._post(self._killed, f)
 
         threading.Thread(target=body, name=f"kill {f.label}", daemon=True).start()
 

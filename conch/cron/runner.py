@@ -126,7 +126,10 @@ class Run:
             return not_run(EXIT_OSERR, f"cannot start the watchdog: {e.strerror or e}")
         # the child waits at its gate until the watchdog guards its group: a conchd that dies
         # before closes the gate, and the command never starts
-        out_r, out_w = os.pipe()
+        try:
+            out_r, out_w = os.pipe()
+        except OSError as e:  # EMFILE: every descriptor in use (docs/cron.md, "Limits")
+            return not_run(EXIT_OSERR, f"cannot run {job.cmd[0]!r}: {e.strerror or e}")
         try:
             with open(os.devnull, "rb") as devnull:
                 child = Child.spawn(
@@ -135,6 +138,9 @@ class Run:
         except ConchError as e:
             os.close(out_r)
             return not_run(e.exit_code, str(e))
+        except OSError as e:  # /dev/null could not be opened (EMFILE)
+            os.close(out_r)
+            return not_run(EXIT_OSERR, f"cannot run {job.cmd[0]!r}: {e.strerror or e}")
         finally:
             os.close(out_w)
         try:

@@ -60,6 +60,7 @@ class JobState:
     rank: int = 0
     daemons: int = 1
     _waiting: float = 0.0  # the delay due_at last found unexpired, for wake_at
+    _due_ts: tuple[datetime, float] | None = None  # (due, its Unix time): wake_at's cache
 
     @classmethod
     def start(cls, job: Job, rev: int, now: datetime) -> JobState:
@@ -72,7 +73,10 @@ class JobState:
 
     def wake_at(self) -> float:
         """When this job next needs the scheduler (a Unix time)."""
-        return max(self.due.timestamp() + self._waiting, self.retry_at)
+        cached = self._due_ts
+        if cached is None or cached[0] is not self.due:  # the scheduler asks every step
+            cached = self._due_ts = (self.due, self.due.timestamp())
+        return max(cached[1] + self._waiting, self.retry_at)
 
     def due_at(self, now: datetime, wall: float) -> Due | None:
         """The tick to claim at `now` (the group's time), if any; not before `retry_at`

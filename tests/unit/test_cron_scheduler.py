@@ -173,3 +173,16 @@ def test_a_delayed_daemon_that_fell_behind_still_moves_to_the_newest_tick() -> N
     assert st.due == T0 + 20 * SEC  # T0 and T0+10s are not claimed here
     d = st.due_at(T0 + 21 * SEC, 0.0)
     assert d is not None and d.tick == T0 + 20 * SEC
+
+
+@given(st.lists(st.integers(min_value=-10**6, max_value=10**6), min_size=1, max_size=20),
+       st.floats(min_value=0, max_value=2e9))  # fmt: skip
+def test_wake_at_follows_every_change_of_the_due_tick(moves: list[int], retry_at: float) -> None:
+    """wake_at caches the due tick's Unix time (the scheduler asks every step): it must
+    follow every new due tick, however it is set."""
+    s = JobState.start(job(), 1, T0)
+    s.retry_at = retry_at
+    for m in moves:
+        s.due = T0 + timedelta(milliseconds=m)
+        assert s.wake_at() == max(s.due.timestamp(), retry_at)
+        assert s.wake_at() == max(s.due.timestamp(), retry_at)  # from the cache
