@@ -1,9 +1,10 @@
 """Run every benchmark against local etcd clusters this command starts; write a report.
 
-    python -m bench                 # full run (about 15 minutes): bench/results/
+    python -m bench                 # full run (about 14 minutes): bench/results/
     python -m bench --tiny          # seconds: every benchmark once, tiny sizes (the test suite)
     python -m bench --only handover,crash --out /tmp/b
     python -m bench --only cron --cron-jobs 100,1000   # the cron section at chosen sizes
+    python -m bench --only steady   # 10,000 cron jobs spread over an hour (~4 minutes)
 
 conch and `etcdctl lock` (the binary that ships with the etcd extra) are measured in the same
 run, interleaved, and reported as ratios. The report is bench/results/README.md with PNG plots.
