@@ -8,9 +8,12 @@ A SPEC is one of
   ``N-6/S``, and ``7/S`` is Sunday). Month and day-of-week also take three-letter English names
   (``jan``, ``mon``; any case); day-of-week 0 and 7 are both Sunday. As in Vixie cron and
   cronie, when the day-of-month field and the day-of-week field both do *not* start with ``*``
-  a day matches if *either* matches; otherwise it must match both. Extensions (``L``, ``W``,
-  ``#``, ``?``, ``H``, a seconds or a year field) are rejected, and so is an expression that
-  can never fire (``0 0 31 2 *``);
+  a day matches if *either* matches; otherwise it must match both. ``H`` items, as in Jenkins,
+  stand for values derived from a stable hash of the job's name (:func:`resolve_h`), so many
+  jobs written alike spread out: ``H`` one value of the field (day-of-month: 1-28, so it fires
+  every month; day-of-week: 0-6), ``H(A-B)`` one value in A-B, ``H/S`` and ``H(A-B)/S`` every
+  S-th value from an offset below S. Other extensions (``L``, ``W``, ``#``, ``?``, a seconds or
+  a year field) are rejected, and so is an expression that can never fire (``0 0 31 2 *``);
 - a macro: ``@yearly`` / ``@annually`` (``0 0 1 1 *``), ``@monthly`` (``0 0 1 * *``),
   ``@weekly`` (``0 0 * * 0``), ``@daily`` / ``@midnight`` (``0 0 * * *``), ``@hourly``
   (``0 * * * *``); ``@reboot`` is rejected;
@@ -42,6 +45,7 @@ returned are timezone-aware ``datetime`` objects; the results are in UTC.
 from __future__ import annotations
 
 import calendar
+import hashlib
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -50,7 +54,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from conch.durations import parse_duration
 
-__all__ = ["Schedule", "ScheduleError"]
+__all__ = ["Schedule", "ScheduleError", "resolve_h"]
 
 
 class ScheduleError(ValueError):
@@ -87,6 +91,8 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
 _MAX_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 _ITEM = re.compile(r"(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?", re.ASCII)
+_H_ITEM = re.compile(r"H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?", re.ASCII)
+_H_RANGES = ((0, 59), (0, 23), (1, 28), (1, 12), (0, 6))  # a bare H's range, per field
 _ZONE_KEY = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*", re.ASCII)
 
 _EPOCH = datetime(1970, 1, 1)  # naive UTC
@@ -101,7 +107,7 @@ def _fail(spec: str, why: str) -> ScheduleError:
     return ScheduleError(f"invalid schedule {spec!r}: {why}")
 
 
-_HINT = "use numbers, names, *, ranges a-b, steps /n and lists a,b"
+_HINT = "use numbers, names, *, H, ranges a-b, steps /n and lists a,b"
 
 
 def _value(token: str, text: str, index: int, spec: str) -> int:
@@ -189,6 +195,51 @@ class _Cron:
             return datetime(y, mo, d, h, self.minutes[j])
 
 
+def _small(token: str) -> int:
+    return int(token) if len(token) <= 4 else 10_000  # out of every range: refused below
+
+
+def resolve_h(expr: str, name: str, spec: str | None = None) -> str:
+    """The 5-field cron expression `expr` with each ``H`` item replaced by the values it stands
+    for in job `name`: ``H`` -> ``N``, ``H(A-B)`` -> ``N``, ``H/S`` and ``H(A-B)/S`` ->
+    ``N-B/S`` (N an offset below S). Each field draws on 4 bytes of SHA-256(name), the same on
+    every host and release. An expression without ``H`` comes back as it is."""
+    spec = expr if spec is None else spec
+    fields = expr.split()
+    if len(fields) != 5 or "H" not in expr:
+        return expr
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    out = []
+    for i, text in enumerate(fields):
+        fname, low, high, _ = _FIELDS[i]
+        h = int.from_bytes(digest[4 * i : 4 * i + 4], "big")
+        items = []
+        for item in text.split(","):
+            m = _H_ITEM.fullmatch(item)
+            if m is None:
+                items.append(item)  # not an H item: parsed (or refused) as usual
+                continue
+            first, last, step_text = m.groups()
+            if first is not None:
+                a, b = _small(first), _small(last)
+                if not low <= a <= b <= min(high, 6 if i == 4 else high):
+                    raise _fail(spec, f"{fname} range H({first}-{last}) is not within "
+                                      f"{low}-{6 if i == 4 else high}, low to high")  # fmt: skip
+            elif step_text is None:
+                a, b = _H_RANGES[i]
+            else:
+                a, b = low, _H_RANGES[i][1] if i == 4 else high
+            if step_text is None:
+                items.append(str(a + h % (b - a + 1)))
+                continue
+            step = _small(step_text)
+            if not 1 <= step <= b - a + 1:
+                raise _fail(spec, f"{fname} step /{step_text} out of range 1-{b - a + 1}")
+            items.append(f"{a + h % step}-{b}/{step}")
+        out.append(",".join(items))
+    return " ".join(out)
+
+
 def _parse_cron(expr: str, spec: str) -> _Cron:
     fields = expr.split()
     if len(fields) == 6:
@@ -247,6 +298,9 @@ class Schedule:
 
     spec: str
     tz: str = "UTC"
+    name: str = ""  # the job's: what its H items are derived from
+    # the cron expression as evaluated: macros expanded, H resolved ("" for @every)
+    resolved: str = field(init=False, compare=False)
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _every_us: int | None = field(init=False, repr=False, compare=False)
     _cron: _Cron | None = field(init=False, repr=False, compare=False)
@@ -257,6 +311,7 @@ class Schedule:
             raise ScheduleError("empty schedule")
         every: int | None = None
         cron: _Cron | None = None
+        resolved = ""
         words = spec.split()
         head = words[0].lower()
         if head == "@every":
@@ -268,17 +323,23 @@ class Schedule:
                 raise _fail(spec, "@reboot is not supported")
             if head not in _MACROS or len(words) != 1:
                 raise _fail(spec, f"unknown macro (use {', '.join(_MACROS)} or @every D)")
-            cron = _parse_cron(_MACROS[head], spec)
+            resolved = _MACROS[head]
+            cron = _parse_cron(resolved, spec)
         else:
-            cron = _parse_cron(spec, spec)
+            if "H" in spec and not self.name:
+                raise _fail(spec, "H needs the job's name")  # a caller's bug, not the user's
+            resolved = " ".join(resolve_h(spec, self.name).split())
+            cron = _parse_cron(resolved, spec)
+        object.__setattr__(self, "resolved", resolved)
         object.__setattr__(self, "_zone", _zone(self.tz))
         object.__setattr__(self, "_every_us", every)
         object.__setattr__(self, "_cron", cron)
 
     @classmethod
-    def parse(cls, spec: str, tz: str = "UTC") -> Schedule:
-        """Parse and validate; raise :class:`ScheduleError` on a bad spec or zone."""
-        return cls(spec, tz)
+    def parse(cls, spec: str, tz: str = "UTC", name: str = "") -> Schedule:
+        """Parse and validate (`name`: the job's, for H); raise :class:`ScheduleError` on a bad
+        spec or zone."""
+        return cls(spec, tz, name)
 
     def next_after(self, t: datetime) -> datetime:
         """The first tick strictly after ``t`` (aware), as an aware UTC datetime."""

@@ -120,7 +120,7 @@ def cron_add(
     if any("\x00" in a for a in argv):
         raise UsageError("the command contains a NUL byte")
     try:
-        Schedule.parse(spec, tz)
+        Schedule.parse(spec, tz, name)
     except ScheduleError as e:
         raise UsageError(str(e)) from None
     t = None if timeout is None else options.duration(timeout, "--timeout", allow_zero=False)

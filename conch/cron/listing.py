@@ -40,10 +40,12 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
     for v in views:
         job = v.job
         next_tick: str | None = None
+        resolved = ""
         if job is not None:
             try:
-                nt = Schedule.parse(job.schedule, job.tz).next_after(now)
-                next_tick = format_tick(tick_of(nt))
+                schedule = Schedule.parse(job.schedule, job.tz, job.name)
+                resolved = schedule.resolved or job.schedule  # @every: as written
+                next_tick = format_tick(tick_of(schedule.next_after(now)))
             except (ScheduleError, ValueError, OverflowError):
                 next_tick = None
         runs = [
@@ -57,6 +59,8 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "cmd": list(job.cmd) if job else [],
             "next_tick": next_tick,
             "runs": runs,
+            # the cron expression as evaluated (H resolved for this job, macros expanded)
+            "resolved_schedule": resolved or None,
             "timeout": job.timeout if job else None,
             "kill_after": job.kill_after if job else None,
             "overlap": job.overlap if job else None,
@@ -77,7 +81,7 @@ def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> li
         rows.append(
             (
                 j["name"],
-                j["schedule"] or "?",
+                _schedule_cell(j),
                 j["tz"] or "?",
                 j["next_tick"] or "-",
                 results,
@@ -89,3 +93,9 @@ def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> li
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     ]
+
+
+def _schedule_cell(j: dict[str, Any]) -> str:
+    """The schedule as written, and what its H items resolve to (`H 3 * * * = 34 3 * * *`)."""
+    spec, resolved = j["schedule"] or "?", j.get("resolved_schedule")
+    return f"{spec} = {resolved}" if resolved and "H" in spec else spec

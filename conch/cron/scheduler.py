@@ -68,7 +68,7 @@ class JobState:
         (conch.schedule.ScheduleError) or OverflowError for a schedule that cannot be used."""
         from conch.schedule import Schedule
 
-        schedule = Schedule.parse(job.schedule, job.tz)
+        schedule = Schedule.parse(job.schedule, job.tz, job.name)
         return cls(job, rev, schedule, schedule.next_after(now))
 
     def wake_at(self) -> float:

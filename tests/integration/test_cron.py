@@ -313,6 +313,7 @@ def test_usage_errors_write_nothing(conch, etcdctl, prefix):
     bad = [
         ("add", "j", "--schedule", "@every 0s", "--", "true"),
         ("add", "j", "--schedule", "61 * * * *", "--", "true"),
+        ("add", "j", "--schedule", "H(5-2) * * * *", "--", "true"),
         ("add", "j", "--schedule", "* * * *", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--tz", "Mars/Olympus", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--timeout", "soon", "--", "true"),
@@ -657,3 +658,29 @@ def test_other_daemons_shares_are_peeked_at_before_they_are_claimed(
     assert sorted(sent) == sorted(names[2:])  # the taken two were only read
     assert sorted(started) == sorted(names[2:])
     assert all(model.tick_of(st.due) > tick for st in states.values())  # all decided
+
+
+def test_h_schedules_resolve_per_job_and_ls_shows_them(conch):
+    """`H` takes a value from the job's name: jobs written alike get their own minutes, `ls`
+    shows the resolved expression and the next tick the daemons will claim follows it."""
+    from conch.schedule import resolve_h
+
+    names = [f"spread-{i}" for i in range(8)]
+    for name in names:
+        add(conch, name, "H(0-59) * * * *", "--", "true")
+    add(conch, "every", "@every 1h", "--", "true")
+    jobs = {j["name"]: j for j in ls(conch)}
+    minutes = set()
+    for name in names:
+        j = jobs[name]
+        resolved = resolve_h("H(0-59) * * * *", name)
+        assert j["schedule"] == "H(0-59) * * * *" and j["resolved_schedule"] == resolved
+        minute = int(resolved.split()[0])
+        assert datetime.fromisoformat(j["next_tick"].replace("Z", "+00:00")).minute == minute
+        minutes.add(minute)
+    assert len(minutes) > 1  # spread (8 names on one minute: 60**-7)
+    assert jobs["every"]["resolved_schedule"] == "@every 1h"
+    table = conch.run("cron", "ls").stdout
+    assert f"H(0-59) * * * * = {resolve_h('H(0-59) * * * *', names[0])}" in table
+    r = conch.run("cron", "add", "bad", "--schedule", "H(0-99) * * * *", "--", "true")
+    assert r.returncode == 2 and "H(0-99)" in r.stderr and "Traceback" not in r.stderr

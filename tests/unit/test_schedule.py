@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -13,7 +14,7 @@ from croniter import croniter
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conch.schedule import Schedule, ScheduleError
+from conch.schedule import Schedule, ScheduleError, resolve_h
 
 NY = "America/New_York"
 BERLIN = "Europe/Berlin"
@@ -598,3 +599,78 @@ def test_matches_brute_force_reference_across_dst(
     }.get(expr, expr)
     end = start + timedelta(hours=hours)
     assert s.ticks_between(start, end) == reference_ticks(expr, tz, start, end)
+
+
+# -- H: values from a stable hash of the job's name (Jenkins) --------------------------------
+
+NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
+
+
+def test_h_is_the_same_for_a_name_everywhere_and_documented() -> None:
+    """The hash is part of the contract: the same name resolves to the same values on every
+    host and release (these values must never change)."""
+    assert resolve_h("H 3 * * *", "backup") == "34 3 * * *"
+    assert resolve_h("H/15 * * * *", "backup") == "4-59/15 * * * *"
+    assert resolve_h("H(0-29)/10 H * * H", "backup") == "4-29/10 16 * * 5"
+    assert resolve_h("0 0 H * *", "backup") == "0 0 14 * *"
+    assert Schedule.parse("H 3 * * *", "UTC", "backup").resolved == "34 3 * * *"
+    assert resolve_h("30 2 * * *", "backup") == "30 2 * * *"  # no H: as written
+
+
+@given(NAMES)
+def test_h_values_stay_in_their_ranges(name: str) -> None:
+    minute, hour, dom, month, dow = resolve_h("H H H H H", name).split()
+    assert 0 <= int(minute) <= 59 and 0 <= int(hour) <= 23
+    assert 1 <= int(dom) <= 28  # fires every month
+    assert 1 <= int(month) <= 12 and 0 <= int(dow) <= 6
+    lo_hi, step = resolve_h("H(10-40)/7 H(9-17) * * *", name).split()[0].split("/")
+    lo, hi = lo_hi.split("-")
+    assert 10 <= int(lo) < 17 and hi == "40" and step == "7"
+    assert 9 <= int(resolve_h("H(10-40)/7 H(9-17) * * *", name).split()[1]) <= 17
+
+
+@given(NAMES)
+def test_h_ticks_are_the_resolved_expressions(name: str) -> None:
+    start, end = utc("2026-03-01T00:00"), utc("2026-03-03T00:00")
+    for spec in ("H * * * *", "H/20 H(1-5) * * *", "H H * * H"):
+        s = Schedule.parse(spec, "UTC", name)
+        assert s.ticks_between(start, end) == Schedule.parse(s.resolved).ticks_between(start, end)
+
+
+def test_h_spreads_many_jobs_over_the_hour() -> None:
+    minutes = [int(resolve_h("H * * * *", f"job-{i}").split()[0]) for i in range(6000)]
+    counts = [minutes.count(m) for m in range(60)]
+    assert min(counts) > 50 and max(counts) < 150  # ~100 each
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("H(5-2) * * * *", "minute range H(5-2) is not within 0-59"),
+        ("H(0-60) * * * *", "minute range H(0-60) is not within 0-59"),
+        ("* * * * H(0-7)", "day-of-week range H(0-7) is not within 0-6"),
+        ("H/0 * * * *", "minute step /0 out of range 1-60"),
+        ("H(0-9)/11 * * * *", "minute step /11 out of range 1-10"),
+        ("h * * * *", "invalid minute field 'h'"),
+        ("H(1) * * * *", "invalid minute field 'H(1)'"),
+        ("HH * * * *", "invalid minute field 'HH'"),
+    ],
+)
+def test_bad_h_items_are_refused(spec: str, why: str) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(why)):
+        Schedule.parse(spec, "UTC", "job")
+
+
+def test_h_without_a_name_is_a_callers_bug() -> None:
+    with pytest.raises(ScheduleError, match="H needs the job's name"):
+        Schedule.parse("H * * * *")
+
+
+def test_h_classifies_as_what_it_resolves_to() -> None:
+    """`H 3 * * *` is a fixed-time job (cronie's DST rule: once per wall-clock time), `H/15`
+    a wildcard one (real elapsed time)."""
+    ny = "America/New_York"
+    fixed = Schedule.parse("H 1 * * *", ny, "backup")  # 01:34 happens twice on 2026-11-01
+    assert len(fixed.ticks_between(utc("2026-11-01T04:00"), utc("2026-11-01T08:00"))) == 1
+    wild = Schedule.parse("H/30 1 * * *", ny, "backup")  # 01:04, 01:34, twice each
+    assert len(wild.ticks_between(utc("2026-11-01T04:00"), utc("2026-11-01T08:00"))) == 4
