@@ -209,6 +209,50 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     return 0
 
 
+@cron.command("suspend", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@global_options
+@click.pass_context
+def cron_suspend(ctx: click.Context, name: str, **kw: Any) -> int:
+    """Suspend job NAME: no daemon claims it until `cron resume`. A run in progress finishes."""
+    return _suspend(ctx, name, True, kw)
+
+
+@cron.command("resume", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@global_options
+@click.pass_context
+def cron_resume(ctx: click.Context, name: str, **kw: Any) -> int:
+    """Resume job NAME: claimed again from its next tick (never a tick that passed)."""
+    return _suspend(ctx, name, False, kw)
+
+
+def _suspend(ctx: click.Context, name: str, suspended: bool, kw: dict[str, Any]) -> int:
+    from datetime import UTC, datetime
+
+    from conch import options
+    from conch.cron import model, store
+
+    g, _v, _quiet = _cron_globals(ctx, kw)
+    _cron_name(name)
+    prefix = options.prefix(g)
+    options.client_config(g)
+    client = connect(g)
+    try:
+        done = store.set_suspended(
+            client, prefix, name, suspended, model.tick_of(datetime.now(UTC))
+        )
+    except _etcd_error() as e:
+        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    except ValueError as e:  # a damaged definition: `cron add --replace` writes a good one
+        raise ConchError(str(e), 1) from None
+    finally:
+        client.close()
+    if done is store.Suspension.NO_JOB:
+        raise ConchError(f"no cron job {name!r}", 1)
+    return 0
+
+
 def _etcd_error() -> type[Exception]:
     from conch.client import EtcdError
 

@@ -261,6 +261,10 @@ class Daemon:
             return name
         try:
             job = Job.from_json(name, kv.value)
+            if job.suspended:
+                if self.jobs.pop(name, None) is not None or cur is None:
+                    log.info("job %r suspended: not claimed until resumed", name)
+                return name
             st = JobState.start(job, kv.mod_revision, self.now())
         except (ValueError, OverflowError) as e:
             log.warning("job %r: ignored: %s", name, e)

@@ -45,7 +45,8 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             try:
                 schedule = Schedule.parse(job.schedule, job.tz, job.name)
                 resolved = schedule.resolved or job.schedule  # @every: as written
-                next_tick = format_tick(tick_of(schedule.next_after(now)))
+                if not job.suspended:
+                    next_tick = format_tick(tick_of(schedule.next_after(now)))
             except (ScheduleError, ValueError, OverflowError):
                 next_tick = None
         runs = [
@@ -61,6 +62,7 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "runs": runs,
             # the cron expression as evaluated (H resolved for this job, macros expanded)
             "resolved_schedule": resolved or None,
+            "suspended": job.suspended if job else False,  # then next_tick is null
             "timeout": job.timeout if job else None,
             "kill_after": job.kill_after if job else None,
             "overlap": job.overlap if job else None,
@@ -83,7 +85,7 @@ def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> li
                 j["name"],
                 _schedule_cell(j),
                 j["tz"] or "?",
-                j["next_tick"] or "-",
+                "suspended" if j.get("suspended") else j["next_tick"] or "-",
                 results,
                 shlex.join(j["cmd"]) if j["cmd"] else "(damaged definition)",
             )

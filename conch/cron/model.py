@@ -104,6 +104,7 @@ class Job:
     created: str = ""  # RFC 3339, when `cron add` wrote it
     host: str = ""  # where `cron add` ran
     version: str = ""  # conch version that wrote it
+    suspended: bool = False  # `cron suspend`: never claimed until `cron resume`
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -144,6 +145,7 @@ class Job:
             created=_as_str(d.get("created")) or "",
             host=_as_str(d.get("host")) or "",
             version=_as_str(d.get("version")) or "",
+            suspended=d.get("suspended") is True,
         )
 
 

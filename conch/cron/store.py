@@ -125,6 +125,43 @@ def remove_job(client: Client, prefix: str, name: str, now_tick: Tick) -> bool:
     return existed
 
 
+class Suspension(enum.Enum):
+    """What `cron suspend` / `cron resume` did."""
+
+    CHANGED = "changed"
+    ALREADY = "already"  # the job was in that state already (or a retried call's own write)
+    NO_JOB = "no job"
+
+
+def set_suspended(
+    client: Client, prefix: str, name: str, suspended: bool, now_tick: Tick
+) -> Suspension:
+    """Suspend or resume NAME: its definition rewritten with `suspended`, guarded by the one
+    read. Daemons drop a suspended job (a run in progress finishes) and schedule a resumed one
+    from the next tick after they see it; a resume also moves the job's low-water mark up to
+    `now_tick` (the caller's clock), so that no daemon — whatever its clock — claims a tick
+    from before the resume. Safe to retry. Raises ValueError for a damaged definition."""
+    key, mark = keys.cron_job_key(prefix, name), keys.cron_mark_key(prefix, name)
+    now_token = keys.tick_token(now_tick).encode()
+    while True:
+        kv, _ = client.get(key)
+        if kv is None:
+            return Suspension.NO_JOB
+        job = Job.from_json(name, kv.value)
+        if job.suspended == suspended:
+            return Suspension.ALREADY
+        guards = [Compare(key, "mod", "==", kv.mod_revision)]
+        ops = [Op("put", key, replace(job, suspended=suspended).to_json())]
+        if not suspended:
+            old_mark, _ = client.get(mark)
+            if old_mark is None or old_mark.value < now_token:
+                guards.append(Compare(mark, "mod", "==", old_mark.mod_revision if old_mark else 0))
+                ops.append(Op("put", mark, now_token))
+        if client.txn(guards, ops).succeeded:
+            return Suspension.CHANGED
+        # the definition or the mark moved meanwhile: read again
+
+
 # -- reading: the listing, history pruning -----------------------------------------------------
 
 

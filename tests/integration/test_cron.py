@@ -684,3 +684,44 @@ def test_h_schedules_resolve_per_job_and_ls_shows_them(conch):
     assert f"H(0-59) * * * * = {resolve_h('H(0-59) * * * *', names[0])}" in table
     r = conch.run("cron", "add", "bad", "--schedule", "H(0-99) * * * *", "--", "true")
     assert r.returncode == 2 and "H(0-99)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_suspend_across_ticks_then_resume_claims_no_past_tick(conch, daemons, client, prefix):
+    """A suspended job is never claimed (two daemons, several ticks); `ls` shows it; resume
+    claims from the next tick on, never one that passed while it was suspended."""
+    add(conch, "s", "@every 1s", "--overlap", "allow", "--", "true")
+    for i in range(2):
+        daemons.start(f"d{i}", "--ttl", "3s")
+    wait_for(lambda: records(client, prefix, "s"), timeout=60, what="a first run")
+    r = conch.run("cron", "suspend", "s")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    suspended_at = time.time()
+    (j,) = ls(conch)
+    assert j["suspended"] is True and j["next_tick"] is None
+    assert "suspended" in conch.run("cron", "ls").stdout
+    assert conch.run("cron", "suspend", "s").returncode == 0  # already: done
+    # three ticks pass: none is claimed (a claim is guarded by the definition it was
+    # scheduled from, so none commits after the suspend did)
+    wait_for(lambda: time.time() > suspended_at + 3.5, timeout=10, what="3 ticks to pass")
+    assert max(records(client, prefix, "s")) / 1e6 <= suspended_at
+    resumed_at = time.time()
+    assert conch.run("cron", "resume", "s").returncode == 0
+    wait_for(lambda: max(records(client, prefix, "s")) / 1e6 > resumed_at, timeout=30,
+             what="a run after the resume")  # fmt: skip
+    ticks = [t / 1e6 for t in records(client, prefix, "s")]
+    assert not [t for t in ticks if suspended_at < t <= resumed_at], ticks  # no past tick
+    (j,) = ls(conch)
+    assert j["suspended"] is False and j["next_tick"] is not None
+    for i in range(2):
+        log = daemons.log(f"d{i}")
+        assert "job 's' suspended: not claimed until resumed" in log
+        no_error(log)
+
+
+def test_suspend_or_resume_of_no_job_exits_1_and_writes_nothing(conch, etcdctl, prefix):
+    for verb in ("suspend", "resume"):
+        r = conch.run("cron", verb, "nosuch")
+        assert r.returncode == 1 and r.stderr.strip() == "conch: error: no cron job 'nosuch'"
+    r = conch.run("cron", "suspend", "")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert etcdctl("get", "--prefix", prefix, "--keys-only").strip() == ""

@@ -264,3 +264,21 @@ def test_a_records_output_is_stored_apart_and_an_old_records_is_still_read() -> 
     assert b"output" not in rec.to_json() and b"secret-ish" not in rec.to_json()
     old = b'{"tick":"t","status":"ok","daemon":"d","host":"h","claim":"c","output":"old tail"}'
     assert RunRecord.from_json(old).output == "old tail"
+
+
+def test_a_suspended_job_round_trips_and_only_true_suspends() -> None:
+    job = model.Job("j", "@daily", "UTC", ("true",), suspended=True)
+    assert model.Job.from_json("j", job.to_json()).suspended is True
+    plain = model.Job("j", "@daily", "UTC", ("t",))
+    assert model.Job.from_json("j", plain.to_json()).suspended is False
+    for odd in ('"yes"', "1", "null"):
+        raw = b'{"schedule":"@daily","cmd":["t"],"suspended":' + odd.encode() + b"}"
+        assert model.Job.from_json("j", raw).suspended is False
+
+
+def test_the_table_shows_a_suspended_job_and_a_resolved_h() -> None:
+    doc = [{"name": "j", "schedule": "H 3 * * *", "resolved_schedule": "34 3 * * *",
+            "suspended": True, "tz": "UTC", "cmd": ["t"], "next_tick": None,
+            "runs": []}]  # fmt: skip
+    _header, row = listing.format_table(doc)
+    assert "H 3 * * * = 34 3 * * *" in row and "suspended" in row
