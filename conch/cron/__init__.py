@@ -8,7 +8,7 @@ The recipe (used by `conch cron` and by conchd):
     model.py        pure: Job, RunRecord, RunStatus, ticks (Tick: int µs), status, limits
     listing.py      pure: what `conch cron ls` prints (the JSON document, the table)
     store.py        every etcd operation: definitions, snapshot, pruning, claim, result
-    commands.py     `conch cron add | ls | rm` (conch/cli.py adds the group when asked for)
+    commands.py     `conch cron add | ls | rm | suspend | resume` (added to conch when asked for)
 
 The daemon, conchd:
 

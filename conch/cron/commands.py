@@ -1,18 +1,25 @@
-"""`conch cron add | ls | rm`: job definitions in etcd (docs/cron.md). conch/cli.py adds the
-`cron` group to `conch` when it is asked for; the cron package's heavy parts (conch.cron.store,
-the schedule parser, grpc) are imported by the commands themselves."""
+"""`conch cron add | ls | rm | suspend | resume`: job definitions in etcd (docs/cron.md).
+conch/cli.py adds the `cron` group to `conch` when it is asked for; the cron package's heavy
+parts (conch.cron.store, the schedule parser, grpc) are imported by the commands themselves."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
 from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
+
+if TYPE_CHECKING:
+    from conch.client import Client
+    from conch.cron.model import Tick
+
+T = TypeVar("T")
 
 
 def _cron_globals(ctx: click.Context, params: dict[str, Any]) -> tuple[Globals, bool, bool]:
@@ -188,23 +195,10 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
 @click.pass_context
 def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
     """Remove job NAME and its history. A run in progress finishes and records its result."""
-    from datetime import UTC, datetime
+    from conch.cron import store
 
-    from conch import options
-    from conch.cron import model, store
-
-    g, _v, _quiet = _cron_globals(ctx, kw)
-    _cron_name(name)
-    prefix = options.prefix(g)
-    options.client_config(g)
-    client = connect(g)
-    try:
-        existed = store.remove_job(client, prefix, name, model.tick_of(datetime.now(UTC)))
-    except _etcd_error() as e:
-        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
-    finally:
-        client.close()
-    if not existed:
+    if not _on_job(ctx, name, kw, lambda client, prefix, now: store.remove_job(
+            client, prefix, name, now)):  # fmt: skip
         raise ConchError(f"no cron job {name!r}", 1)
     return 0
 
@@ -228,10 +222,24 @@ def cron_resume(ctx: click.Context, name: str, **kw: Any) -> int:
 
 
 def _suspend(ctx: click.Context, name: str, suspended: bool, kw: dict[str, Any]) -> int:
+    from conch.cron import store
+
+    done = _on_job(ctx, name, kw, lambda client, prefix, now: store.set_suspended(
+        client, prefix, name, suspended, now))  # fmt: skip
+    if done is store.Suspension.NO_JOB:
+        raise ConchError(f"no cron job {name!r}", 1)
+    return 0
+
+
+def _on_job(
+    ctx: click.Context, name: str, kw: dict[str, Any], op: Callable[[Client, str, Tick], T]
+) -> T:
+    """One etcd operation on job NAME, every check made before it: op(client, prefix, the
+    current tick on this host's clock). etcd unreachable: exit 69; a damaged definition: 1."""
     from datetime import UTC, datetime
 
     from conch import options
-    from conch.cron import model, store
+    from conch.cron import model
 
     g, _v, _quiet = _cron_globals(ctx, kw)
     _cron_name(name)
@@ -239,18 +247,13 @@ def _suspend(ctx: click.Context, name: str, suspended: bool, kw: dict[str, Any])
     options.client_config(g)
     client = connect(g)
     try:
-        done = store.set_suspended(
-            client, prefix, name, suspended, model.tick_of(datetime.now(UTC))
-        )
+        return op(client, prefix, model.tick_of(datetime.now(UTC)))
     except _etcd_error() as e:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     except ValueError as e:  # a damaged definition: `cron add --replace` writes a good one
         raise ConchError(str(e), 1) from None
     finally:
         client.close()
-    if done is store.Suspension.NO_JOB:
-        raise ConchError(f"no cron job {name!r}", 1)
-    return 0
 
 
 def _etcd_error() -> type[Exception]:
