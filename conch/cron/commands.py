@@ -1,4 +1,4 @@
-"""`conch cron add | ls | rm | suspend | resume`: job definitions in etcd (docs/cron.md).
+"""`conch cron add | ls | show | logs | rm | suspend | resume` (docs/cron.md).
 conch/cli.py adds the `cron` group to `conch` when it is asked for; the cron package's heavy
 parts (conch.cron.store, the schedule parser, grpc) are imported by the commands themselves."""
 
@@ -229,6 +229,82 @@ def _suspend(ctx: click.Context, name: str, suspended: bool, kw: dict[str, Any])
     if done is store.Suspension.NO_JOB:
         raise ConchError(f"no cron job {name!r}", 1)
     return 0
+
+
+@cron.command("show", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document (docs/cron.md)")
+@global_options
+@click.pass_context
+def cron_show(ctx: click.Context, name: str, as_json: bool, **kw: Any) -> int:
+    """Show job NAME: its definition and every kept run."""
+    from datetime import UTC, datetime
+
+    from conch.cron import listing, store
+
+    view = _on_job(ctx, name, kw, lambda client, prefix, _now: store.job_view(
+        client, prefix, name))  # fmt: skip
+    if view is None:
+        raise ConchError(f"no cron job {name!r}", 1)
+    doc = listing.show_doc(view, datetime.now(UTC))
+    _print(doc, as_json, listing.format_show)
+    return 0
+
+
+@cron.command("logs", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.option("--tick", "tick_text", metavar="T", help="the run of this tick (as `ls` shows it)")
+@click.option("--last", type=int, default=1, show_default=True, metavar="K",
+              help="the K newest runs")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="one JSON document (docs/cron.md)")
+@global_options
+@click.pass_context
+def cron_logs(
+    ctx: click.Context, name: str, tick_text: str | None, last: int, as_json: bool, **kw: Any
+) -> int:
+    """Print the stored output of job NAME's runs (the newest first), a header each."""
+    from conch.cron import listing, store
+
+    if last < 1:
+        raise UsageError(f"--last must be at least 1, not {last}")
+    tick = None if tick_text is None else _parse_tick(tick_text)
+    view = _on_job(ctx, name, kw, lambda client, prefix, _now: store.job_view(
+        client, prefix, name, outputs=True))  # fmt: skip
+    if view is None:
+        raise ConchError(f"no cron job {name!r}", 1)
+    if tick is not None:
+        if tick not in view.runs:
+            raise ConchError(f"no kept run of {name!r} at tick {tick_text}", 1)
+        ticks = [tick]
+    else:
+        ticks = sorted(view.runs, reverse=True)[:last]
+    doc = listing.logs_doc(view, ticks)
+    _print(doc, as_json, lambda d: listing.format_logs(name, d))
+    return 0
+
+
+def _parse_tick(text: str) -> int:
+    """A tick as `ls` prints it (RFC 3339; `Z` or an offset)."""
+    from datetime import datetime
+
+    from conch.cron import model
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        t = None
+    if t is None or t.utcoffset() is None:
+        raise UsageError(f"--tick {text!r}: use a tick as `cron ls` prints it, e.g. "
+                         "2026-01-02T03:04:05Z")  # fmt: skip
+    return model.tick_of(t)
+
+
+def _print(doc: Any, as_json: bool, text: Callable[[Any], list[str]]) -> None:
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        for line in text(doc):
+            click.echo(line)
 
 
 def _on_job(

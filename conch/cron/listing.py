@@ -1,5 +1,6 @@
-"""What `conch cron ls` prints: the JSON document (list_doc, run_doc) and the table
-(format_table). Pure: no I/O; the snapshot it lists is read by conch.cron.store."""
+"""What `conch cron ls`, `show` and `logs` print: the JSON documents (list_doc, run_doc,
+show_doc, logs_doc) and the text forms (format_table, format_show, format_logs). Pure: no I/O;
+what they show is read by conch.cron.store."""
 
 from __future__ import annotations
 
@@ -101,3 +102,70 @@ def _schedule_cell(j: dict[str, Any]) -> str:
     """The schedule as written, and what its H items resolve to (`H 3 * * * = 34 3 * * *`)."""
     spec, resolved = j["schedule"] or "?", j.get("resolved_schedule")
     return f"{spec} = {resolved}" if resolved and "H" in spec else spec
+
+
+def show_doc(view: JobView, now: datetime) -> dict[str, Any]:
+    """`cron show --json`: the job as `ls --json` gives it (every kept run, newest first) and
+    its definition's stamps: when and where it was added, by which conch."""
+    (doc,) = list_doc([view], now)
+    job = view.job
+    doc.update(
+        created=job.created or None if job else None,
+        added_on=job.host or None if job else None,
+        conch_version=job.version or None if job else None,
+    )
+    return doc
+
+
+def format_show(doc: dict[str, Any]) -> list[str]:
+    import shlex
+
+    def seconds(v: float | None) -> str:
+        return "none" if v is None else f"{v:g}s"
+
+    cmd = shlex.join(doc["cmd"]) if doc["cmd"] else "(damaged definition)"
+    lines = [
+        f"name:       {doc['name']}",
+        f"schedule:   {_schedule_cell(doc)}" + (f" ({doc['tz']})" if doc["tz"] else ""),
+        f"command:    {cmd}",
+        f"timeout:    {seconds(doc['timeout'])}, kill-after {seconds(doc['kill_after'])}, "
+        f"overlap {doc['overlap'] or '?'}",
+        "next tick:  " + ("suspended" if doc["suspended"] else doc["next_tick"] or "-"),
+    ]
+    if doc.get("created"):
+        lines.append(f"added:      {doc['created']} on {doc.get('added_on') or '?'}"
+                     f" (conch {doc.get('conch_version') or '?'})")  # fmt: skip
+    rows = [("TICK", "STATUS", "EXIT", "DURATION", "DAEMON", "HOST", "STARTED")]
+    for r in doc["runs"]:
+        rows.append((
+            r["tick"], r["status"], "-" if r["exit_code"] is None else str(r["exit_code"]),
+            "-" if r["duration"] is None else f"{r['duration']:.3f}s", r["daemon"] or "-",
+            r["host"] or "-", r["started"] or "-",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.append(f"runs ({len(doc['runs'])} kept, newest first):" if doc["runs"] else "runs: none")
+    if doc["runs"]:
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in rows]  # fmt: skip
+    return lines
+
+
+def logs_doc(view: JobView, ticks: Iterable[Tick]) -> list[dict[str, Any]]:
+    """`cron logs --json`: the runs at `ticks` (newest first), each as in `ls --json` plus its
+    stored output (the last 4 KiB of its stdout+stderr; "" while it runs)."""
+    return [
+        {**run_doc(t, view.runs[t], t in view.alive), "output": view.outputs.get(t, "")}
+        for t in sorted(ticks, reverse=True)
+    ]
+
+
+def format_logs(name: str, doc: list[dict[str, Any]]) -> list[str]:
+    """A header per run, then its output as stored."""
+    out = []
+    for r in doc:
+        code = "" if r["exit_code"] is None else f", exit {r['exit_code']}"
+        took = "" if r["duration"] is None else f", {r['duration']:.3f}s"
+        where = f", daemon {r['daemon'] or '?'} on {r['host'] or '?'}"
+        out.append(f"== {name} tick {r['tick']}: {r['status']}{code}{took}{where} ==")
+        out += r["output"].splitlines()
+    return out

@@ -179,7 +179,7 @@ class RunRecord:
     reason: str = ""  # why skipped / failed without running / interrupted
     # the tail of the child's stdout+stderr: stored under a key of its own (conch.keys
     # .cron_output_key), not in the record, so that listing runs never reads outputs; a record
-    # written by an older conch may still hold it (read back by store.run_output)
+    # written by an older conch may still hold it (read back by store.job_view)
     output: str = ""
 
     def to_json(self) -> bytes:

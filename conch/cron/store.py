@@ -178,6 +178,41 @@ class JobView:
     job: Job | None
     runs: dict[Tick, RunRecord] = field(default_factory=dict)
     alive: set[Tick] = field(default_factory=set)
+    outputs: dict[Tick, str] = field(default_factory=dict)  # only when asked for (job_view)
+
+
+def job_view(client: Client, prefix: str, name: str, outputs: bool = False) -> JobView | None:
+    """One job — its definition, kept run records, alive markers and (`outputs`) the stored
+    output of each run — read in one transaction (one revision). None: no definition and no
+    record (a removed job's runs still alive keep their records until they finish)."""
+    key = keys.cron_job_key(prefix, name)
+    dirs = [keys.cron_runs_dir(prefix, name), keys.cron_alive_dir(prefix, name)]
+    if outputs:
+        dirs.append(keys.cron_output_dir(prefix, name))
+    gets = [Op("get", key)] + [
+        Op("get", d, range_end=keys.prefix_range_end(d), keys_only=d == dirs[1]) for d in dirs
+    ]
+    job_kvs, run_kvs, alive_kvs, *out_kvs = (r or [] for r in client.txn([], gets).responses)
+    if not job_kvs and not run_kvs:
+        return None
+    try:
+        job: Job | None = Job.from_json(name, job_kvs[0].value) if job_kvs else None
+    except ValueError:
+        job = None
+    view = JobView(name, job)
+    for kv in run_kvs:
+        with contextlib.suppress(ValueError):
+            view.runs[keys.cron_tick(kv.key, dirs[0])] = RunRecord.from_json(kv.value)
+    for kv in alive_kvs:
+        with contextlib.suppress(ValueError):
+            view.alive.add(keys.cron_tick(kv.key, dirs[1]))
+    if outputs:
+        # a record written by an older conch may hold its output itself
+        view.outputs = {tick: rec.output for tick, rec in view.runs.items() if rec.output}
+        for kv in out_kvs[0]:
+            with contextlib.suppress(ValueError):
+                view.outputs[keys.cron_tick(kv.key, dirs[2])] = kv.value.decode("utf-8", "replace")
+    return view
 
 
 def scan_jobs(client: Client, prefix: str, page: int = LIST_PAGE) -> Iterator[JobView]:
@@ -574,20 +609,3 @@ def finish_many(
         ops.append(Op("put", keys.cron_output_key(prefix, name, tick), rec.output.encode()))
         ops.append(Op("delete", keys.cron_alive_key(prefix, name, tick)))
     return client.txn([], ops, timeout=timeout).revision
-
-
-def run_output(
-    client: Client, prefix: str, name: str, tick: Tick, timeout: float | None = None
-) -> str:
-    """The stored output tail of one run ("" if none): its output key, or the `output` field of
-    a record an older conch wrote."""
-    res = client.txn(
-        [],
-        [Op("get", keys.cron_output_key(prefix, name, tick)),
-         Op("get", keys.cron_run_key(prefix, name, tick))],
-        timeout=timeout,
-    )  # fmt: skip
-    out_kvs, run_kvs = (r or [] for r in res.responses)
-    if out_kvs:
-        return out_kvs[0].value.decode("utf-8", "replace")
-    return RunRecord.from_json(run_kvs[0].value).output if run_kvs else ""

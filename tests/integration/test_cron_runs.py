@@ -136,3 +136,54 @@ def test_a_conchd_killed_before_arming_the_watchdog_leaves_nothing_running(
     d.wait(10)
     wait_for(lambda: pid_gone(child), what="the child to end at the closed gate")
     assert not ran.exists()
+
+
+def test_show_and_logs_print_the_definition_history_and_outputs(conch, daemons, client, prefix):
+    """`cron show` gives the definition and every kept run; `cron logs` the stored output of
+    the newest run (or K newest, or one tick), a header each; bad input: 2, no job/run: 1."""
+    import json
+
+    script = 'echo "tick $CONCH_TICK"; echo oops >&2; exit 3'
+    add(conch, "talk", "@every 1s", "--timeout", "30s", "--", SH, "-c", script)
+    daemons.start("d")
+
+    def results() -> list[model.RunRecord]:
+        return [r for r in records(client, prefix, "talk").values() if r.exit_code == 3]
+
+    wait_for(lambda: len(results()) >= 2, timeout=60, what="two results")
+    assert daemons.stop("d") == 128 + signal.SIGTERM  # the history holds still
+    r = conch.run("cron", "show", "talk", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["name"] == "talk" and doc["cmd"] == [SH, "-c", script] and doc["timeout"] == 30
+    assert doc["created"] and doc["added_on"] and doc["conch_version"]
+    ticks = [run["tick"] for run in doc["runs"]]
+    assert len(ticks) >= 2 and ticks == sorted(ticks, reverse=True)
+    failed = [run for run in doc["runs"] if run["exit_code"] == 3]  # not one SIGTERM stopped
+    text = conch.run("cron", "show", "talk").stdout
+    assert "name:       talk" in text and f"runs ({len(ticks)} kept, newest first):" in text
+    assert failed[0]["tick"] in text
+    # logs: the newest run (a header, then its output)
+    r = conch.run("cron", "logs", "talk")
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.splitlines()
+    newest = doc["runs"][0]
+    assert header.startswith(f"== talk tick {newest['tick']}: {newest['status']}")
+    if newest["exit_code"] == 3:
+        assert ", exit 3, " in header and lines == [f"tick {newest['tick']}", "oops"]
+    r = conch.run("cron", "logs", "talk", "--last", "2", "--json")
+    two = json.loads(r.stdout)
+    assert [x["tick"] for x in two] == ticks[:2]
+    older = failed[-1]["tick"]
+    r = conch.run("cron", "logs", "talk", "--tick", older, "--json")
+    (one,) = json.loads(r.stdout)
+    assert one["tick"] == older and one["output"] == f"tick {older}\noops\n"
+    assert one["exit_code"] == 3 and one["status"] == "failed"
+    # refusals
+    for args, code in ((("logs", "talk", "--tick", "yesterday"), 2),
+                       (("logs", "talk", "--last", "0"), 2),
+                       (("logs", "talk", "--tick", "2001-01-01T00:00:00Z"), 1),
+                       (("logs", "nosuch"), 1), (("show", "nosuch"), 1)):  # fmt: skip
+        r = conch.run("cron", *args)
+        assert r.returncode == code and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr

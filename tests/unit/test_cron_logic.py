@@ -282,3 +282,29 @@ def test_the_table_shows_a_suspended_job_and_a_resolved_h() -> None:
             "runs": []}]  # fmt: skip
     _header, row = listing.format_table(doc)
     assert "H 3 * * * = 34 3 * * *" in row and "suspended" in row
+
+
+def test_show_and_logs_text_forms() -> None:
+    from conch.cron.store import JobView
+
+    job = model.Job("j", "H 3 * * *", "Europe/Berlin", ("sh", "-c", "x y"), timeout=5.0,
+                    created="2026-01-01T00:00:00.000Z", host="h1", version="0.1.0")  # fmt: skip
+    rec = model.RunRecord(tick="t", status=model.RunStatus.FAILED, daemon="d1", host="h2",
+                          claim="c", started="s", finished="f", duration=1.5,
+                          exit_code=3)  # fmt: skip
+    view = JobView("j", job, runs={2_000_000: rec}, outputs={2_000_000: "a\nb\n"})
+    doc = listing.show_doc(view, datetime(2026, 1, 1, tzinfo=UTC))
+    assert doc["created"] == "2026-01-01T00:00:00.000Z" and doc["added_on"] == "h1"
+    text = "\n".join(listing.format_show(doc))
+    assert "schedule:   H 3 * * * = " in text and "(Europe/Berlin)" in text
+    assert "command:    sh -c 'x y'" in text and "timeout:    5s, kill-after 10s" in text
+    assert "1970-01-01T00:00:02Z  failed  3     1.500s" in text
+    damaged = listing.format_show(listing.show_doc(JobView("k", None), datetime.now(UTC)))
+    assert "command:    (damaged definition)" in damaged and "runs: none" in damaged
+    logs = listing.logs_doc(view, [2_000_000])
+    assert logs[0]["output"] == "a\nb\n" and logs[0]["exit_code"] == 3
+    assert listing.format_logs("j", logs) == [
+        "== j tick 1970-01-01T00:00:02Z: failed, exit 3, 1.500s, daemon d1 on h2 ==",
+        "a",
+        "b",
+    ]
