@@ -39,7 +39,7 @@ _METRIC = {
 
 class Claimer:
     """Claims the due ticks of one daemon's jobs. A won tick goes to `start_run(job, tick,
-    claim, lease)`; after a skipped one, `on_skipped(job name)` (its history may be pruned)."""
+    claim, lease)`; after a skipped one, `on_skipped(job)` (its history may be pruned)."""
 
     def __init__(
         self,
@@ -50,7 +50,7 @@ class Claimer:
         metrics: NoMetrics,
         clock: Callable[[], float],
         start_run: Callable[[Job, Tick, Claim, int], None],
-        on_skipped: Callable[[str], None],
+        on_skipped: Callable[[Job], None],
     ) -> None:
         self.client, self.prefix, self.daemon_id, self.host = client, prefix, daemon_id, host
         self.metrics = metrics
@@ -197,7 +197,7 @@ class Claimer:
             self.metrics.run(job.name, RunStatus.SKIPPED)
             reason = c.record.reason if c.record else ""
             log.info("%s: skipped: %s (--overlap forbid)", label, reason)
-            self._on_skipped(job.name)
+            self._on_skipped(job)
         elif c.outcome is ClaimOutcome.TAKEN:
             log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
         elif c.outcome is ClaimOutcome.BEHIND:

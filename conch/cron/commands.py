@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
+from conch.cron.model import HISTORY, MAX_HISTORY
 from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
 
@@ -55,8 +56,11 @@ def cron(**_: Any) -> None:
 
     \b
     conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
-                   [--overlap forbid|allow] [--replace] -- CMD [ARG...]
+                   [--overlap forbid|allow] [--history N] [--replace] -- CMD [ARG...]
     conch cron ls [--json]
+    conch cron show NAME [--json]
+    conch cron logs NAME [--tick T] [--last K] [--json]
+    conch cron suspend NAME | conch cron resume NAME
     conch cron rm NAME
     """
 
@@ -93,6 +97,13 @@ def cron(**_: Any) -> None:
     show_default=True,
     help="forbid: skip a tick while the last run runs",
 )
+@click.option(
+    "--history",
+    default=str(HISTORY),
+    show_default=True,
+    metavar="N",
+    help=f"results kept (1-{MAX_HISTORY}; runs in progress too)",
+)
 @click.option("--replace", is_flag=True, help="replace the job if NAME exists")
 @global_options
 @click.pass_context
@@ -105,6 +116,7 @@ def cron_add(
     timeout: str | None,
     kill_after: str,
     overlap: str,
+    history: str,
     replace: bool,
     **kw: Any,
 ) -> int:
@@ -132,9 +144,13 @@ def cron_add(
         raise UsageError(str(e)) from None
     t = None if timeout is None else options.duration(timeout, "--timeout", allow_zero=False)
     k = options.duration(kill_after, "--kill-after")
+    if not history.isdigit() or not 1 <= int(history) <= MAX_HISTORY:
+        raise UsageError(f"--history: a whole number from 1 to {MAX_HISTORY}, not {history!r}")
     prefix = options.prefix(g)
     options.client_config(g)  # every check before the first byte goes to etcd
-    job = store.host_record(argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap)
+    job = store.host_record(
+        argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap, history=int(history)
+    )
     try:
         model.check_definition_size(job)
     except model.DefinitionTooLarge as e:

@@ -328,7 +328,7 @@ class Daemon:
         with self._lock:
             self.runs.pop((r.job.name, r.tick), None)
         if r.recorded:
-            self.housekeeper.request(r.job.name)
+            self.housekeeper.request(r.job)
 
     # -- shutdown --------------------------------------------------------------------------
     def _shutdown(self) -> int:

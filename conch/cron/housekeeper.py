@@ -1,6 +1,6 @@
 """History pruning off the scheduler thread: after a tick this daemon won (ran or skipped), the
-job's run records beyond the newest HISTORY go (conch.cron.store.prune_histories: the jobs
-asked for meanwhile, many to a read)."""
+job's run records beyond its newest `history` (--history) go (conch.cron.store.prune_histories:
+the jobs asked for meanwhile, many to a read)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 
 from conch.client import Client, EtcdError
 from conch.cron import store
+from conch.cron.model import Job
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,14 @@ class Housekeeper(threading.Thread):
     def __init__(self, client: Client, prefix: str) -> None:
         super().__init__(name="housekeeper", daemon=True)
         self.client, self.prefix = client, prefix
-        self._pending: set[str] = set()
+        self._pending: dict[str, int] = {}  # job name -> results to keep
         self._pending_lock = threading.Lock()
         self._wake = threading.Event()
         self._halt = threading.Event()
 
-    def request(self, job: str) -> None:
+    def request(self, job: Job) -> None:
         with self._pending_lock:
-            self._pending.add(job)
+            self._pending[job.name] = job.history
         self._wake.set()
 
     def halt(self) -> None:
@@ -40,12 +41,12 @@ class Housekeeper(threading.Thread):
             self._wake.wait()
             self._wake.clear()
             with self._pending_lock:
-                jobs, self._pending = self._pending, set()
-            names = sorted(jobs)
-            for i in range(0, len(names), store.JOBS_PER_PRUNE_READ):
+                pending, self._pending = self._pending, {}
+            jobs = sorted(pending.items())
+            for i in range(0, len(jobs), store.JOBS_PER_PRUNE_READ):
                 if self._halt.is_set():
                     return
-                chunk = names[i : i + store.JOBS_PER_PRUNE_READ]
+                chunk = jobs[i : i + store.JOBS_PER_PRUNE_READ]
                 try:
                     n = store.prune_histories(self.client, self.prefix, chunk)
                     if n:

@@ -67,6 +67,7 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "timeout": job.timeout if job else None,
             "kill_after": job.kill_after if job else None,
             "overlap": job.overlap if job else None,
+            "history": job.history if job else None,
         }
 
 
@@ -129,7 +130,7 @@ def format_show(doc: dict[str, Any]) -> list[str]:
         f"schedule:   {_schedule_cell(doc)}" + (f" ({doc['tz']})" if doc["tz"] else ""),
         f"command:    {cmd}",
         f"timeout:    {seconds(doc['timeout'])}, kill-after {seconds(doc['kill_after'])}, "
-        f"overlap {doc['overlap'] or '?'}",
+        f"overlap {doc['overlap'] or '?'}, history {doc['history'] or '?'}",
         "next tick:  " + ("suspended" if doc["suspended"] else doc["next_tick"] or "-"),
     ]
     if doc.get("created"):

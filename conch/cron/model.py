@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 Tick = int  # an instant as integer Unix microseconds (keys.tick_token is its key form)
 
-HISTORY = 20  # run records kept per job (the newest; alive runs are never pruned)
+HISTORY = 20  # run records kept per job by default (the newest; alive runs are never pruned)
+MAX_HISTORY = 1000  # the most `cron add --history` takes (~350 bytes a record, + 4 KiB output)
 TAIL_BYTES = 4096  # output tail stored in a run record
 # Largest job definition (JSON) `cron add` stores: well under etcd's default request limit
 # (--max-request-bytes, 1.5 MiB), so a too-long command is a usage error, not an etcd refusal.
@@ -105,6 +106,7 @@ class Job:
     host: str = ""  # where `cron add` ran
     version: str = ""  # conch version that wrote it
     suspended: bool = False  # `cron suspend`: never claimed until `cron resume`
+    history: int = HISTORY  # results kept (--history)
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -146,6 +148,7 @@ class Job:
             host=_as_str(d.get("host")) or "",
             version=_as_str(d.get("version")) or "",
             suspended=d.get("suspended") is True,
+            history=h if (h := _as_int(d.get("history"))) and 1 <= h <= MAX_HISTORY else HISTORY,
         )
 
 

@@ -282,19 +282,20 @@ JOBS_PER_PRUNE_READ = 64  # jobs whose keys one read transaction lists: 2 gets e
 
 def prune_history(client: Client, prefix: str, name: str, keep: int = HISTORY) -> int:
     """prune_histories of one job."""
-    return prune_histories(client, prefix, [name], keep)
+    return prune_histories(client, prefix, [(name, keep)])
 
 
-def prune_histories(client: Client, prefix: str, names: Sequence[str], keep: int = HISTORY) -> int:
-    """Delete each job's run records beyond its newest `keep` (never an alive run's). Reads keys
-    only (never the records and their output), JOBS_PER_PRUNE_READ jobs to a transaction.
+def prune_histories(client: Client, prefix: str, jobs: Sequence[tuple[str, int]]) -> int:
+    """Delete each job's run records beyond its newest `keep` (never an alive run's): `jobs`
+    are (name, keep). Reads keys only (never the records and their output),
+    JOBS_PER_PRUNE_READ jobs to a transaction.
     Each delete is guarded by the record's mod revision, so a record rewritten meanwhile (a
     result) stays; the deletes go nested, PRUNES_PER_TXN to a transaction. Returns how many
     were deleted."""
     doomed: list[tuple[KeyValue, bytes]] = []  # (run record, its output key)
-    for i in range(0, len(names), JOBS_PER_PRUNE_READ):
-        chunk = names[i : i + JOBS_PER_PRUNE_READ]
-        dirs = [(keys.cron_runs_dir(prefix, n), keys.cron_alive_dir(prefix, n)) for n in chunk]
+    for i in range(0, len(jobs), JOBS_PER_PRUNE_READ):
+        chunk = jobs[i : i + JOBS_PER_PRUNE_READ]
+        dirs = [(keys.cron_runs_dir(prefix, n), keys.cron_alive_dir(prefix, n)) for n, _ in chunk]
         reads = [
             Op("get", d, range_end=keys.prefix_range_end(d), keys_only=True)
             for pair in dirs
@@ -315,7 +316,8 @@ def prune_histories(client: Client, prefix: str, names: Sequence[str], keep: int
                     alive.add(keys.cron_tick(kv.key, alive_dir))
                 except ValueError:
                     continue
-            output_dir = keys.cron_output_dir(prefix, chunk[k])
+            name, keep = chunk[k]
+            output_dir = keys.cron_output_dir(prefix, name)
             doomed += [
                 (by_tick[t], output_dir + keys.tick_token(t).encode())
                 for t in prune_choice(list(by_tick), alive, keep)

@@ -314,6 +314,9 @@ def test_usage_errors_write_nothing(conch, etcdctl, prefix):
         ("add", "j", "--schedule", "@every 0s", "--", "true"),
         ("add", "j", "--schedule", "61 * * * *", "--", "true"),
         ("add", "j", "--schedule", "H(5-2) * * * *", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--history", "0", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--history", "1001", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--history", "ten", "--", "true"),
         ("add", "j", "--schedule", "* * * *", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--tz", "Mars/Olympus", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--timeout", "soon", "--", "true"),
@@ -508,8 +511,9 @@ def test_daemon_survives_an_etcd_outage(conch_cmd, tmp_path, prefix):
 def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
     client: Client, prefix: str
 ) -> None:
-    """store.prune_history: 150 records (more than one transaction of deletes), one old run
-    still alive: the newest HISTORY stay, and the alive one."""
+    """store.prune_histories: 150 records (more than one transaction of deletes), one old run
+    still alive: the newest HISTORY stay, and the alive one; a second job in the same read
+    keeps its own --history (5)."""
     from conch.cron import store
 
     ticks = [(1_000 + k) * 1_000_000 for k in range(150)]
@@ -519,16 +523,17 @@ def test_pruning_keeps_the_newest_history_and_alive_runs_reading_keys_only(
     for t in ticks[:30]:  # a second job, read in the same transaction
         client.put(keys.cron_run_key(prefix, "q", t), b'{"status":"ok"}')
         client.put(keys.cron_output_key(prefix, "q", t), b"out")
-    assert store.prune_histories(client, prefix, ["p", "q"]) == 150 - model.HISTORY - 1 + 10
+    jobs = [("p", model.HISTORY), ("q", 5)]
+    assert store.prune_histories(client, prefix, jobs) == 150 - model.HISTORY - 1 + 25
     d = keys.cron_runs_dir(prefix, "p")
     left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
     assert left == [ticks[3], *ticks[-model.HISTORY :]]
     d = keys.cron_runs_dir(prefix, "q")
     left = [keys.cron_tick(kv.key, d) for kv in client.get_range(d, keys.prefix_range_end(d))[0]]
-    assert left == ticks[10:30]
+    assert left == ticks[25:30]
     o = keys.cron_output_dir(prefix, "q")  # the outputs go with their records
     left = [keys.cron_tick(kv.key, o) for kv in client.get_range(o, keys.prefix_range_end(o))[0]]
-    assert left == ticks[10:30]
+    assert left == ticks[25:30]
     assert store.prune_history(client, prefix, "p") == 0
 
 
@@ -619,7 +624,7 @@ def test_other_daemons_shares_are_peeked_at_before_they_are_claimed(
     started: list[str] = []
     claimer = Claimer(client, prefix, "me", "h", NoMetrics(), time.time,
                       start_run=lambda job, tick, c, lease: started.append(job.name),
-                      on_skipped=lambda name: None)  # fmt: skip
+                      on_skipped=lambda job: None)  # fmt: skip
     now = datetime.now(UTC)
     states = {}
     for name in names:
@@ -725,3 +730,22 @@ def test_suspend_or_resume_of_no_job_exits_1_and_writes_nothing(conch, etcdctl, 
     r = conch.run("cron", "suspend", "")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert etcdctl("get", "--prefix", prefix, "--keys-only").strip() == ""
+
+
+def test_history_keeps_the_newest_n_results_of_the_job(conch, daemons, client, prefix):
+    """--history 2: the daemons prune the job's records down to its newest 2 after each tick
+    they win (a run in progress is never pruned); another job keeps the default."""
+    add(conch, "short", "@every 1s", "--history", "2", "--overlap", "allow", "--", "true")
+    daemons.start("d")
+    seen: set[int] = set()
+
+    def pruned() -> bool:
+        recs = records(client, prefix, "short")
+        seen.update(recs)
+        return len(seen) >= 5 and len(recs) <= 2
+
+    wait_for(pruned, timeout=60, interval=0.05, what="5 ticks run and 2 results kept")
+    (j,) = ls(conch)
+    assert j["history"] == 2
+    assert "history 2" in conch.run("cron", "show", "short").stdout
+    no_error(daemons.log("d"))

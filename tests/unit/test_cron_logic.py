@@ -308,3 +308,11 @@ def test_show_and_logs_text_forms() -> None:
         "a",
         "b",
     ]
+
+
+def test_history_round_trips_and_odd_values_fall_back_to_the_default() -> None:
+    job = model.Job("j", "@daily", "UTC", ("true",), history=3)
+    assert model.Job.from_json("j", job.to_json()).history == 3
+    for odd in ("0", "1001", '"5"', "2.5", "true", "null"):
+        raw = b'{"schedule":"@daily","cmd":["t"],"history":' + odd.encode() + b"}"
+        assert model.Job.from_json("j", raw).history == model.HISTORY
