@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
 from conch.cron.metrics import ClaimResult, NoMetrics
-from conch.cron.model import Job, RunStatus, Tick, format_tick, tick_of
+from conch.cron.model import Job, Labels, RunStatus, Tick, format_tick, labels_match, tick_of
 from conch.cron.scheduler import Due, JobState
 from conch.cron.share import rank
 from conch.cron.store import CLAIM_TIMEOUT, CLAIMS_PER_TXN, Claim, ClaimOutcome, ClaimRequest
@@ -69,10 +69,12 @@ class Claimer:
         session: Session | None,
         stopping: threading.Event,
         peers: frozenset[str] = frozenset(),
+        labels_of: dict[str, Labels] | None = None,
     ) -> None:
         """Claim every tick due now — this daemon's share of the jobs at their tick, the
-        others' a little later (conch.cron.share; `peers`: the live daemons) — up to
-        CLAIMS_PER_TXN in one transaction; nothing without a trusted lease."""
+        others' a little later (conch.cron.share; `peers`: the live daemons; for a job added
+        --on labels, only those whose `labels_of` match count) — up to CLAIMS_PER_TXN in one
+        transaction; nothing without a trusted lease."""
         s = session
         if s is not None and s.is_trusted():
             for st in list(jobs.values()):
@@ -83,8 +85,13 @@ class Claimer:
         daemons = len(peers | {self.daemon_id})
         now, wall = datetime.fromtimestamp(self._clock(), UTC), time.time()
         wants: list[tuple[JobState, Due]] = []
+        peer_labels = labels_of or {}
         for name, st in jobs.items():
-            st.rank, st.daemons = self._rank(name), daemons
+            if st.job.on:  # its share among the daemons that may claim it
+                able = {p for p in peers if labels_match(st.job.on, peer_labels.get(p, ()))}
+                st.rank, st.daemons = rank(self.daemon_id, able, name), len(able | {self.daemon_id})
+            else:
+                st.rank, st.daemons = self._rank(name), daemons
             due = st.due_at(now, wall)
             if due is None:
                 continue

@@ -65,10 +65,22 @@ def _validate_id(daemon_id: str) -> str:
     metavar="HOST:PORT",
     help="serve Prometheus metrics on HOST:PORT (/metrics)",
 )
+@click.option(
+    "--label",
+    "label",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="this daemon's label: jobs added with --on KEY=VALUE need it (repeatable)",
+)
 @global_options
 @click.pass_context
 def conchd(
-    ctx: click.Context, daemon_id: str | None, ttl: str, metrics_addr: str | None, **kw: Any
+    ctx: click.Context,
+    daemon_id: str | None,
+    ttl: str,
+    metrics_addr: str | None,
+    label: tuple[str, ...],
+    **kw: Any,
 ) -> int:
     """The conch cron daemon: runs each tick of every `conch cron` job on exactly one of
     any number of conchd instances.
@@ -81,6 +93,7 @@ def conchd(
     from conch.client import Client, EtcdAuthError, EtcdError
     from conch.cron.daemon import Daemon
     from conch.cron.metrics import Metrics, NoMetrics, parse_metrics_addr
+    from conch.cron.model import labels_of
 
     g, verbose, quiet = command_globals(ctx, kw)
     setup_logging(verbose, quiet, prog="conchd", level=logging.INFO)
@@ -89,6 +102,10 @@ def conchd(
                        f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
     prefix = options.prefix(g)
     cfg = options.client_config(g)
+    try:
+        labels = labels_of(label, "--label")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     addr = parse_metrics_addr(metrics_addr) if metrics_addr is not None else None
     metrics: NoMetrics = Metrics(*addr) if addr is not None else NoMetrics()
     if addr is not None:
@@ -100,7 +117,7 @@ def conchd(
 
     seal_inherited_fds()  # once: no spawn lists /proc/self/fd (runs spawn many children)
     client = Client(cfg)
-    daemon = Daemon(client, prefix, did, ttl_s, metrics)
+    daemon = Daemon(client, prefix, did, ttl_s, metrics, labels)
     old = {s: signal.signal(s, daemon.on_signal) for s in STOP_SIGNALS}
     try:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -56,7 +56,8 @@ def cron(**_: Any) -> None:
 
     \b
     conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
-                   [--overlap forbid|allow] [--history N] [--replace] -- CMD [ARG...]
+                   [--overlap forbid|allow] [--history N] [--on KEY=VALUE]... [--replace]
+                   -- CMD [ARG...]
     conch cron ls [--json]
     conch cron show NAME [--json]
     conch cron logs NAME [--tick T] [--last K] [--json]
@@ -104,6 +105,13 @@ def cron(**_: Any) -> None:
     metavar="N",
     help=f"results kept (1-{MAX_HISTORY}; runs in progress too)",
 )
+@click.option(
+    "--on",
+    "on",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="only conchd daemons with this --label claim it (repeatable: all must match)",
+)
 @click.option("--replace", is_flag=True, help="replace the job if NAME exists")
 @global_options
 @click.pass_context
@@ -117,6 +125,7 @@ def cron_add(
     kill_after: str,
     overlap: str,
     history: str,
+    on: tuple[str, ...],
     replace: bool,
     **kw: Any,
 ) -> int:
@@ -146,10 +155,22 @@ def cron_add(
     k = options.duration(kill_after, "--kill-after")
     if not history.isdigit() or not 1 <= int(history) <= MAX_HISTORY:
         raise UsageError(f"--history: a whole number from 1 to {MAX_HISTORY}, not {history!r}")
+    try:
+        wanted = model.labels_of(on, "--on")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     prefix = options.prefix(g)
     options.client_config(g)  # every check before the first byte goes to etcd
     job = store.host_record(
-        argv, name, spec, tz, timeout=t, kill_after=k, overlap=overlap, history=int(history)
+        argv,
+        name,
+        spec,
+        tz,
+        timeout=t,
+        kill_after=k,
+        overlap=overlap,
+        history=int(history),
+        on=wanted,
     )
     try:
         model.check_definition_size(job)
@@ -186,8 +207,17 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
     client = connect(g)
     # read a page of jobs at a time, at one revision, and print as it goes: bounded memory
     # whatever the number of jobs (an etcd error midway: exit 69, the output incomplete)
+    warnings: list[str] = []
     try:
-        docs = listing.list_doc(store.scan_jobs(client, prefix), datetime.now(UTC))
+        daemons = store.live_daemons(client, prefix).values()
+
+        def checked(docs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for doc in docs:  # a job no live daemon may claim: said on stderr, at the end
+                if (w := listing.unclaimable(doc, daemons)) is not None:
+                    warnings.append(w)
+                yield doc
+
+        docs = checked(listing.list_doc(store.scan_jobs(client, prefix), datetime.now(UTC)))
         if as_json:
             out = sys.stdout
             out.write("[")
@@ -202,6 +232,8 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
         raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
     finally:
         client.close()
+    for w in warnings:
+        click.echo(f"conch: warning: {w}", err=True)
     return 0
 
 

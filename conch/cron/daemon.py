@@ -33,7 +33,7 @@ from conch.cron.heartbeat import Heartbeat
 from conch.cron.housekeeper import Housekeeper
 from conch.cron.launcher import Launcher
 from conch.cron.metrics import NoMetrics
-from conch.cron.model import Job, Tick, format_tick, tick_of
+from conch.cron.model import Job, Labels, Tick, format_tick, labels_match, tick_of
 from conch.cron.results import RESULT_GRACE, ResultWriter
 from conch.cron.runner import Run, RunContext
 from conch.cron.scheduler import JobState
@@ -56,8 +56,10 @@ class Daemon:
         daemon_id: str,
         ttl: float,
         metrics: NoMetrics,
+        labels: Labels = (),
     ) -> None:
         self.client, self.prefix, self.id, self.ttl = client, prefix, daemon_id, ttl
+        self.labels = labels  # --label: jobs added --on other labels are not claimed here
         self.metrics = metrics
         self.host = socket.gethostname()
         self.jobs: dict[str, JobState] = {}
@@ -73,7 +75,9 @@ class Daemon:
         self.housekeeper = Housekeeper(client, prefix)
         self._jobs_dir = keys.cron_jobs_dir(prefix)
         self.fatal: str | None = None  # set when conchd must stop (the cluster changed)
-        self.heartbeat = Heartbeat(client, prefix, daemon_id, self.host, self._lease_id, metrics)
+        self.heartbeat = Heartbeat(
+            client, prefix, daemon_id, self.host, self._lease_id, metrics, labels
+        )
         self.claimer = Claimer(
             client, prefix, daemon_id, self.host, metrics, self.time,
             start_run=self._start_run, on_skipped=self.housekeeper.request,
@@ -160,7 +164,10 @@ class Daemon:
             return False
         self._drain(self._wait_time())
         if self.heartbeat.settled():  # checked before reading the (corrected) time
-            self.claimer.claim_due(self.jobs, self.session, self.stopping, self.heartbeat.peers())
+            self.claimer.claim_due(
+                self.jobs, self.session, self.stopping, self.heartbeat.peers(),
+                self.heartbeat.peer_labels(),
+            )  # fmt: skip
         return True
 
     def _outage(self, what: str, e: Exception) -> None:
@@ -264,6 +271,11 @@ class Daemon:
             if job.suspended:
                 if self.jobs.pop(name, None) is not None or cur is None:
                     log.info("job %r suspended: not claimed until resumed", name)
+                return name
+            if not labels_match(job.on, self.labels):
+                if self.jobs.pop(name, None) is not None or cur is None:
+                    log.info("job %r is for daemons labelled %s: not claimed here", name,
+                             " ".join(f"{k}={v}" for k, v in job.on))  # fmt: skip
                 return name
             st = JobState.start(job, kv.mod_revision, self.now())
         except (ValueError, OverflowError) as e:

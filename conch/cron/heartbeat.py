@@ -17,6 +17,7 @@ from typing import Any
 from conch import __version__, keys
 from conch.client import Client, EtcdClusterChanged, EtcdError, EventType, Watch
 from conch.cron.metrics import NoMetrics
+from conch.cron.model import Labels, beat_labels
 from conch.cron.store import CLAIM_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Heartbeat(threading.Thread):
         host: str,
         lease_of: Callable[[], int | None],
         metrics: NoMetrics,
+        labels: Labels = (),
     ) -> None:
         from conch.clockskew import PeerClocks
 
@@ -50,6 +52,8 @@ class Heartbeat(threading.Thread):
         self.client, self.prefix, self.id, self.host = client, prefix, daemon_id, host
         self._lease_of = lease_of
         self._metrics = metrics
+        self._labels = labels  # published with each beat (jobs added --on need them)
+        self._labels_of: dict[str, Labels] = {}  # each present daemon's, from its beats
         self._dir = keys.cron_daemons_dir(prefix)
         self._key = keys.cron_daemon_key(prefix, daemon_id)
         self._clocks = PeerClocks()
@@ -120,6 +124,11 @@ class Heartbeat(threading.Thread):
         with self._lock:
             return self._present
 
+    def peer_labels(self) -> dict[str, Labels]:
+        """The labels of the daemons in peers(), as their last beats gave them."""
+        with self._lock:
+            return dict(self._labels_of)
+
     def halt(self) -> None:
         """Stop beating and watching (join() to wait for it)."""
         self._halt.set()
@@ -161,12 +170,16 @@ class Heartbeat(threading.Thread):
         end = keys.prefix_range_end(self._dir)
         kvs, rev = self.client.get_range(self._dir, end)
         present = set()
+        labels_of = {}
         for kv in kvs:
             with contextlib.suppress(ValueError, UnicodeDecodeError):
-                present.add(keys.decode_name(kv.key[len(self._dir) :].decode("ascii")))
+                peer = keys.decode_name(kv.key[len(self._dir) :].decode("ascii"))
+                present.add(peer)
+                labels_of[peer] = beat_labels(kv.value)
         w = self.client.watch(self._dir, end, start_revision=rev + 1)
         with self._lock:
             self._present = frozenset(present)
+            self._labels_of = labels_of
         if self._settle_at == math.inf:  # the first listing
             self._waiting_for = present - {self.id}
             # with peers listed, wait for each of them (a dead one's key lingers until its
@@ -182,7 +195,7 @@ class Heartbeat(threading.Thread):
             return False
         value = json.dumps(
             {"id": self.id, "host": self.host, "pid": os.getpid(), "time": time.time(),
-             "version": __version__},
+             "version": __version__, "labels": dict(self._labels)},
             separators=(",", ":"),
         )  # fmt: skip
         self.client.put(self._key, value.encode(), lease=lease, timeout=CLAIM_TIMEOUT)
@@ -206,8 +219,10 @@ class Heartbeat(threading.Thread):
             with self._lock:
                 if ev.type is EventType.DELETE:
                     self._present -= {peer}
+                    self._labels_of.pop(peer, None)
                 else:
                     self._present |= {peer}
+                    self._labels_of[peer] = beat_labels(ev.kv.value)
             if ev.type is EventType.DELETE:
                 continue  # a peer gone quiet: its last offsets age out (clockskew.SAMPLE_AGE)
             try:

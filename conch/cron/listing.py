@@ -8,7 +8,15 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from conch.cron.model import RunRecord, Tick, derive_status, format_tick, tick_of
+from conch.cron.model import (
+    Labels,
+    RunRecord,
+    Tick,
+    derive_status,
+    format_tick,
+    labels_match,
+    tick_of,
+)
 
 if TYPE_CHECKING:
     from conch.cron.store import JobView
@@ -68,6 +76,7 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "kill_after": job.kill_after if job else None,
             "overlap": job.overlap if job else None,
             "history": job.history if job else None,
+            "on": dict(job.on) if job else {},  # labels a daemon needs to claim it
         }
 
 
@@ -133,6 +142,8 @@ def format_show(doc: dict[str, Any]) -> list[str]:
         f"overlap {doc['overlap'] or '?'}, history {doc['history'] or '?'}",
         "next tick:  " + ("suspended" if doc["suspended"] else doc["next_tick"] or "-"),
     ]
+    if doc["on"]:
+        lines.append("on:         " + " ".join(f"{k}={v}" for k, v in doc["on"].items()))
     if doc.get("created"):
         lines.append(f"added:      {doc['created']} on {doc.get('added_on') or '?'}"
                      f" (conch {doc.get('conch_version') or '?'})")  # fmt: skip
@@ -170,3 +181,12 @@ def format_logs(name: str, doc: list[dict[str, Any]]) -> list[str]:
         out.append(f"== {name} tick {r['tick']}: {r['status']}{code}{took}{where} ==")
         out += r["output"].splitlines()
     return out
+
+
+def unclaimable(doc: dict[str, Any], daemons: Iterable[Labels]) -> str | None:
+    """A warning for a job added --on labels that no live daemon has (None: some has)."""
+    wanted = tuple(sorted(doc.get("on", {}).items()))
+    if not wanted or any(labels_match(wanted, labels) for labels in daemons):
+        return None
+    on = " ".join(f"{k}={v}" for k, v in wanted)
+    return f"job {doc['name']!r} runs only on a conchd with --label {on}; none is live"

@@ -93,6 +93,53 @@ def _as_str(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+# labels: (KEY, VALUE) pairs, sorted by key — a job's `--on`, a daemon's `--label`
+Labels = tuple[tuple[str, str], ...]
+MAX_LABEL_CHARS = 256
+
+
+def parse_label(text: str, flag: str) -> tuple[str, str]:
+    """KEY=VALUE (KEY non-empty, neither with a control character). Raises ValueError with a
+    message naming `flag`."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise ValueError(f"{flag}: use KEY=VALUE, not {text!r}")
+    if len(key) > MAX_LABEL_CHARS or len(value) > MAX_LABEL_CHARS:
+        raise ValueError(f"{flag}: KEY and VALUE of at most {MAX_LABEL_CHARS} characters each")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"{flag}: {text!r} contains a control character")
+    return key, value
+
+
+def labels_of(texts: Sequence[str], flag: str) -> Labels:
+    """Parsed and sorted; a key given twice must have one value."""
+    out: dict[str, str] = {}
+    for t in texts:
+        k, v = parse_label(t, flag)
+        if out.get(k, v) != v:
+            raise ValueError(f"{flag}: {k} given two values ({out[k]!r}, {v!r})")
+        out[k] = v
+    return tuple(sorted(out.items()))
+
+
+def labels_match(wanted: Labels, labels: Labels | dict[str, str]) -> bool:
+    """Whether a daemon with `labels` may claim a job that wants `wanted` (--on): every pair."""
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in wanted)
+
+
+def beat_labels(value: bytes) -> Labels:
+    """The labels a conchd heartbeat value gives (none from a damaged beat or an older one)."""
+    try:
+        d = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    labels = d.get("labels") if isinstance(d, dict) else None
+    if not isinstance(labels, dict):
+        return ()
+    return tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str)))
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -107,10 +154,12 @@ class Job:
     version: str = ""  # conch version that wrote it
     suspended: bool = False  # `cron suspend`: never claimed until `cron resume`
     history: int = HISTORY  # results kept (--history)
+    on: Labels = ()  # only daemons with these labels claim it (--on KEY=VALUE)
 
     def to_json(self) -> bytes:
         d = asdict(self)
         d["cmd"] = list(self.cmd)
+        d["on"] = dict(self.on)
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -136,6 +185,11 @@ class Job:
         overlap = d.get("overlap", "forbid")
         if overlap not in OVERLAP_CHOICES:
             raise ValueError(f"job {name!r}: bad overlap {overlap!r}")
+        on = d.get("on") or {}
+        if not isinstance(on, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in on.items()
+        ):
+            raise ValueError(f"job {name!r}: bad labels (on) {on!r}")
         return cls(
             name=name,
             schedule=schedule,
@@ -149,6 +203,7 @@ class Job:
             version=_as_str(d.get("version")) or "",
             suspended=d.get("suspended") is True,
             history=h if (h := _as_int(d.get("history"))) and 1 <= h <= MAX_HISTORY else HISTORY,
+            on=tuple(sorted(on.items())),
         )
 
 

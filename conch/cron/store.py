@@ -28,7 +28,17 @@ from typing import Any
 
 from conch import __version__, keys
 from conch.client import Client, Compare, KeyValue, Op, SubTxn
-from conch.cron.model import HISTORY, Job, RunRecord, RunStatus, Tick, format_tick, prune_choice
+from conch.cron.model import (
+    HISTORY,
+    Job,
+    Labels,
+    RunRecord,
+    RunStatus,
+    Tick,
+    beat_labels,
+    format_tick,
+    prune_choice,
+)
 
 CLAIM_TIMEOUT = 5.0  # longest single claim transaction (and any other etcd call of conchd's)
 
@@ -163,6 +173,16 @@ def set_suspended(
 
 
 # -- reading: the listing, history pruning -----------------------------------------------------
+
+
+def live_daemons(client: Client, prefix: str) -> dict[str, Labels]:
+    """The conchd daemons whose heartbeat key is there, with the labels their beat gives."""
+    d = keys.cron_daemons_dir(prefix)
+    out = {}
+    for kv in client.get_range(d, keys.prefix_range_end(d))[0]:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            out[keys.decode_name(kv.key[len(d) :].decode("ascii"))] = beat_labels(kv.value)
+    return out
 
 
 LIST_PAGE = 200  # jobs per read when listing (their records: ~7 KB each with 20 runs)

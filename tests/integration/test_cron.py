@@ -749,3 +749,37 @@ def test_history_keeps_the_newest_n_results_of_the_job(conch, daemons, client, p
     assert j["history"] == 2
     assert "history 2" in conch.run("cron", "show", "short").stdout
     no_error(daemons.log("d"))
+
+
+def test_jobs_on_labels_run_only_on_daemons_with_them(conch, daemons, client, prefix):
+    """--on role=db: only the daemon started --label role=db claims it (two daemons, several
+    ticks); a job without --on runs on either; `ls` warns (stderr) about a job no live daemon
+    may claim, and nothing claims it."""
+    add(conch, "db", "@every 1s", "--on", "role=db", "--", "true")
+    add(conch, "any", "@every 1s", "--", "true")
+    add(conch, "nowhere", "@every 1s", "--on", "role=nope", "--", "true")
+    daemons.start("w", "--ttl", "3s", "--label", "role=web")
+    daemons.start("d", "--ttl", "3s", "--label", "role=db", "--label", "zone=a")
+    wait_for(lambda: len(records(client, prefix, "db")) >= 4, timeout=60, what="4 runs")
+    assert {r.daemon for r in records(client, prefix, "db").values()} == {"d"}
+    wait_for(lambda: records(client, prefix, "any"), timeout=30, what="a run of 'any'")
+    r = conch.run("cron", "ls", "--json")
+    assert r.returncode == 0
+    jobs = {j["name"]: j for j in json.loads(r.stdout)}
+    assert jobs["db"]["on"] == {"role": "db"} and jobs["any"]["on"] == {}
+    assert r.stderr.strip() == ("conch: warning: job 'nowhere' runs only on a conchd with "
+                                "--label role=nope; none is live")  # fmt: skip
+    assert records(client, prefix, "nowhere") == {}
+    assert "job 'db' is for daemons labelled role=db: not claimed here" in daemons.log("w")
+    for d in ("w", "d"):
+        no_error(daemons.log(d))
+
+
+def test_bad_labels_are_usage_errors(conch, conch_env, etcdctl, prefix):
+    r = conch.run("cron", "add", "j", "--schedule", "@daily", "--on", "role", "--", "true")
+    assert r.returncode == 2 and "--on: use KEY=VALUE" in r.stderr
+    assert etcdctl("get", "--prefix", prefix, "--keys-only").strip() == ""
+    p = subprocess.run([sys.executable, "-m", "conch.cron.command", "--label", "x"],
+                       env=conch_env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2
+    assert p.stderr.strip() == "conchd: error: --label: use KEY=VALUE, not 'x'"

@@ -316,3 +316,31 @@ def test_history_round_trips_and_odd_values_fall_back_to_the_default() -> None:
     for odd in ("0", "1001", '"5"', "2.5", "true", "null"):
         raw = b'{"schedule":"@daily","cmd":["t"],"history":' + odd.encode() + b"}"
         assert model.Job.from_json("j", raw).history == model.HISTORY
+
+
+@pytest.mark.parametrize(
+    ("texts", "why"),
+    [(["role"], "use KEY=VALUE"), (["=db"], "use KEY=VALUE"), (["a=b\n"], "control character"),
+     (["k=" + "v" * 300], "at most 256"), (["k=1", "k=2"], "k given two values")],
+)  # fmt: skip
+def test_bad_labels_are_refused(texts: list[str], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        model.labels_of(texts, "--on")
+
+
+def test_labels_match_and_round_trip() -> None:
+    on = model.labels_of(["zone=b", "role=db", "role=db"], "--on")
+    assert on == (("role", "db"), ("zone", "b"))
+    assert model.labels_match(on, {"role": "db", "zone": "b", "extra": "x"})
+    assert not model.labels_match(on, {"role": "db"})
+    assert model.labels_match((), {})  # a job without --on: any daemon
+    assert model.labels_of(["empty="], "--label") == (("empty", ""),)
+    job = model.Job("j", "@daily", "UTC", ("t",), on=on)
+    assert model.Job.from_json("j", job.to_json()).on == on
+    with pytest.raises(ValueError, match="bad labels"):
+        model.Job.from_json("j", b'{"schedule":"@daily","cmd":["t"],"on":{"role":1}}')
+    assert model.beat_labels(b'{"time":1,"labels":{"role":"db"}}') == (("role", "db"),)
+    assert model.beat_labels(b'{"time":1}') == () == model.beat_labels(b"\xff")
+    doc = {"name": "j", "on": {"role": "db"}}
+    assert listing.unclaimable(doc, [(("role", "web"),)]) is not None
+    assert listing.unclaimable(doc, [(("role", "web"),), (("role", "db"),)]) is None

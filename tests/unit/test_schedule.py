@@ -281,7 +281,7 @@ def test_field_semantics(spec: str, start: str, end: str, expected: list[str]) -
         ("0 0 L * *", "invalid day-of-month field"),
         ("0 0 15W * *", "invalid day-of-month field"),
         ("0 0 ? * *", "invalid day-of-month field"),
-        ("H * * * *", "invalid minute field"),
+        ("h * * * *", "invalid minute field"),  # H is Jenkins's (upper case only)
         ("jan * * * *", "invalid minute field"),
         ("* * * * ٣", "invalid day-of-week field"),
         ("0 0 31 2 *", "never fires"),
