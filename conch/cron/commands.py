@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
-from conch.cron.model import HISTORY, MAX_HISTORY
+from conch.cron.model import HISTORY, MAX_HISTORY, MAX_RETRIES
 from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
 
@@ -56,8 +56,8 @@ def cron(**_: Any) -> None:
 
     \b
     conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
-                   [--overlap forbid|allow] [--history N] [--on KEY=VALUE]... [--replace]
-                   -- CMD [ARG...]
+                   [--overlap forbid|allow] [--history N] [--retries N] [--retry-delay D]
+                   [--on KEY=VALUE]... [--replace] -- CMD [ARG...]
     conch cron ls [--json]
     conch cron show NAME [--json]
     conch cron logs NAME [--tick T] [--last K] [--json]
@@ -106,6 +106,20 @@ def cron(**_: Any) -> None:
     help=f"results kept (1-{MAX_HISTORY}; runs in progress too)",
 )
 @click.option(
+    "--retries",
+    default="0",
+    show_default=True,
+    metavar="N",
+    help=f"run a failed or timed-out run again, up to N more times (0-{MAX_RETRIES})",
+)
+@click.option(
+    "--retry-delay",
+    default="10s",
+    show_default=True,
+    metavar="D",
+    help="before the first retry; doubling after each",
+)
+@click.option(
     "--on",
     "on",
     multiple=True,
@@ -125,6 +139,8 @@ def cron_add(
     kill_after: str,
     overlap: str,
     history: str,
+    retries: str,
+    retry_delay: str,
     on: tuple[str, ...],
     replace: bool,
     **kw: Any,
@@ -155,6 +171,9 @@ def cron_add(
     k = options.duration(kill_after, "--kill-after")
     if not history.isdigit() or not 1 <= int(history) <= MAX_HISTORY:
         raise UsageError(f"--history: a whole number from 1 to {MAX_HISTORY}, not {history!r}")
+    if not retries.isdigit() or not 0 <= int(retries) <= MAX_RETRIES:
+        raise UsageError(f"--retries: a whole number from 0 to {MAX_RETRIES}, not {retries!r}")
+    delay = options.duration(retry_delay, "--retry-delay")
     try:
         wanted = model.labels_of(on, "--on")
     except ValueError as e:
@@ -171,6 +190,8 @@ def cron_add(
         overlap=overlap,
         history=int(history),
         on=wanted,
+        retries=int(retries),
+        retry_delay=delay,
     )
     try:
         model.check_definition_size(job)

@@ -87,9 +87,10 @@ class Daemon:
         # follows every started child: output, end, --timeout, conchd's stop
         self.follower = Follower(self.stopping, lambda: self.stop_signal)
         self.results = ResultWriter(client, prefix, self.stopping)  # writes their records
+        self._launching = True  # until shutdown halts the launcher (under self._lock)
         self._run_context = RunContext(
             metrics, self.stopping, lambda: self.stop_signal, self._run_finished, self.guard,
-            self.follower, self.results,
+            self.follower, self.results, self._retry_later,
         )  # fmt: skip
 
     # -- signals ---------------------------------------------------------------------------
@@ -335,6 +336,21 @@ class Daemon:
             self.runs[(job.name, tick)] = r
         self.launcher.submit(r)
 
+    def _retry_later(self, r: Run, delay: float) -> None:
+        """A run's next attempt (--retries), after `delay` — unless conchd stops first: then
+        its last attempt's record is its result."""
+
+        def due() -> None:
+            with self._lock:  # against shutdown halting the launcher meanwhile
+                if self._launching and not self.stopping.is_set() and r.retry_now():
+                    self.launcher.submit(r)
+                    return
+            r.give_up_retry()
+
+        t = threading.Timer(delay, due)
+        t.daemon = True
+        t.start()
+
     def _run_finished(self, r: Run) -> None:
         """A run's report (its on_finished, in its thread)."""
         with self._lock:
@@ -360,6 +376,11 @@ class Daemon:
         longest = max((r.job.kill_after for r in runs), default=0.0)
         from conch.supervisor import SIGKILL_GRACE
 
+        with self._lock:  # no retry is launched from now on: each writes its last record
+            self._launching = False
+            waiting = list(self.runs.values())
+        for r in waiting:
+            r.give_up_retry()
         self.launcher.halt()  # runs claimed until now start, and get the signal at once
         self.launcher.join(STOP_SPARE)
         with self._lock:

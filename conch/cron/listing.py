@@ -38,6 +38,8 @@ def run_doc(tick: Tick, rec: RunRecord, alive: bool) -> dict[str, Any]:
         "rev": rec.rev or None,
         "daemon": rec.daemon or None,
         "timed_out": rec.timed_out,
+        "attempt": rec.attempt,  # --retries: which attempt this record is (1-based)
+        "attempts": rec.attempts,  # the earlier attempts, oldest first
     }
 
 
@@ -76,6 +78,8 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "kill_after": job.kill_after if job else None,
             "overlap": job.overlap if job else None,
             "history": job.history if job else None,
+            "retries": job.retries if job else None,
+            "retry_delay": job.retry_delay if job else None,
             "on": dict(job.on) if job else {},  # labels a daemon needs to claim it
         }
 
@@ -178,7 +182,8 @@ def format_logs(name: str, doc: list[dict[str, Any]]) -> list[str]:
         code = "" if r["exit_code"] is None else f", exit {r['exit_code']}"
         took = "" if r["duration"] is None else f", {r['duration']:.3f}s"
         where = f", daemon {r['daemon'] or '?'} on {r['host'] or '?'}"
-        out.append(f"== {name} tick {r['tick']}: {r['status']}{code}{took}{where} ==")
+        attempt = f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""
+        out.append(f"== {name} tick {r['tick']}: {r['status']}{code}{took}{attempt}{where} ==")
         out += r["output"].splitlines()
     return out
 

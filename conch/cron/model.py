@@ -11,13 +11,16 @@ import enum
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 Tick = int  # an instant as integer Unix microseconds (keys.tick_token is its key form)
 
 HISTORY = 20  # run records kept per job by default (the newest; alive runs are never pruned)
+MAX_RETRIES = 100  # the most `cron add --retries` takes
+RETRY_DELAY = 10.0  # `--retry-delay` by default (SPEC)
+MAX_RETRY_WAIT = 3600.0  # a doubled retry delay stops growing here
 MAX_HISTORY = 1000  # the most `cron add --history` takes (~350 bytes a record, + 4 KiB output)
 TAIL_BYTES = 4096  # output tail stored in a run record
 # Largest job definition (JSON) `cron add` stores: well under etcd's default request limit
@@ -155,6 +158,8 @@ class Job:
     suspended: bool = False  # `cron suspend`: never claimed until `cron resume`
     history: int = HISTORY  # results kept (--history)
     on: Labels = ()  # only daemons with these labels claim it (--on KEY=VALUE)
+    retries: int = 0  # a failed or timed-out run is run again this many more times at most
+    retry_delay: float = RETRY_DELAY  # before the first retry; doubling after each
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -204,6 +209,10 @@ class Job:
             suspended=d.get("suspended") is True,
             history=h if (h := _as_int(d.get("history"))) and 1 <= h <= MAX_HISTORY else HISTORY,
             on=tuple(sorted(on.items())),
+            retries=r if (r := _as_int(d.get("retries"))) and 0 < r <= MAX_RETRIES else 0,
+            retry_delay=rd
+            if (rd := _as_float(d.get("retry_delay"))) is not None and 0 <= rd <= MAX_JOB_SECONDS
+            else RETRY_DELAY,
         )
 
 
@@ -235,6 +244,8 @@ class RunRecord:
     rev: int = 0  # the claim revision (CONCH_REV), set in the result
     timed_out: bool = False
     reason: str = ""  # why skipped / failed without running / interrupted
+    attempt: int = 1  # which attempt this is (--retries; CONCH_ATTEMPT)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # the earlier ones, oldest first
     # the tail of the child's stdout+stderr: stored under a key of its own (conch.keys
     # .cron_output_key), not in the record, so that listing runs never reads outputs; a record
     # written by an older conch may still hold it (read back by store.job_view)
@@ -269,8 +280,20 @@ class RunRecord:
             rev=_as_int(d.get("rev")) or 0,
             timed_out=d.get("timed_out") is True,
             reason=_as_str(d.get("reason")) or "",
+            attempt=a if (a := _as_int(d.get("attempt"))) and a > 0 else 1,
+            attempts=[x for x in d.get("attempts") or [] if isinstance(x, dict)]
+            if isinstance(d.get("attempts"), list)
+            else [],
             output=_as_str(d.get("output")) or "",
         )
+
+    def summary(self) -> dict[str, Any]:
+        """This attempt, as a later attempt's record keeps it in `attempts`."""
+        return {
+            "attempt": self.attempt, "started": self.started, "finished": self.finished,
+            "duration": self.duration, "exit_code": self.exit_code,
+            "timed_out": self.timed_out, "reason": self.reason,
+        }  # fmt: skip
 
 
 # -- status and history -------------------------------------------------------------------------

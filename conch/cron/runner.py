@@ -18,12 +18,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conch.cron import store
 from conch.cron.follower import Ended, RunEnd
 from conch.cron.metrics import NoMetrics
-from conch.cron.model import Job, RunRecord, RunStatus, Tick, format_tick, result_status
+from conch.cron.model import (
+    MAX_RETRY_WAIT,
+    Job,
+    RunRecord,
+    RunStatus,
+    Tick,
+    format_tick,
+    result_status,
+)
 from conch.errors import EXIT_OSERR, ConchError, child_exit_code
 from conch.holder import rfc3339
 
@@ -47,6 +55,8 @@ class RunContext:
     guard: GroupGuard  # the daemon's one watchdog, for every run's process group
     follower: Follower  # follows every started child
     results: ResultWriter  # writes the records of finished runs
+    # start the run's next attempt (--retries) after the delay, unless conchd stops first
+    retry_later: Callable[[Run, float], None]
     # conchd's environment, which every child's starts from (copied once: conchd never
     # changes its own)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -64,6 +74,11 @@ class Run:
         self.done = False  # its result is written (or given up)
         self.recorded = False  # the result is in etcd
         self._pgid = 0  # the child's process group, once started
+        self.attempt = 1  # CONCH_ATTEMPT (--retries)
+        self._earlier: list[dict[str, Any]] = []  # the failed attempts before this one
+        # between two attempts: the last attempt's record, written if conchd stops meanwhile
+        self._waiting: RunRecord | None = None
+        self._lock = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -72,7 +87,8 @@ class Run:
     def launch(self) -> None:
         """Start the child (the launcher's thread) and hand it to the follower. Never raises:
         a run that cannot start is recorded as failed."""
-        self.ctx.metrics.running(+1)
+        if self.attempt == 1:
+            self.ctx.metrics.running(+1)
         try:
             child, out_r, rec, m0 = self._start()
             if child is not None:
@@ -103,10 +119,12 @@ class Run:
 
         job, metrics = self.job, self.ctx.metrics
         env = {**self.ctx.env, "CONCH_JOB": job.name, "CONCH_TICK": format_tick(self.tick),
-               "CONCH_REV": str(self.rev)}  # fmt: skip
+               "CONCH_REV": str(self.rev), "CONCH_ATTEMPT": str(self.attempt)}  # fmt: skip
         t0, m0 = time.time(), time.monotonic()
-        metrics.lag(job.name, t0 - self.tick / 1e6)
-        rec = replace(self.record, rev=self.rev, started=rfc3339(t0))
+        if self.attempt == 1:
+            metrics.lag(job.name, t0 - self.tick / 1e6)
+        rec = replace(self.record, rev=self.rev, started=rfc3339(t0), attempt=self.attempt,
+                      attempts=list(self._earlier))  # fmt: skip
 
         def not_run(code: int, msg: str) -> tuple[None, int, RunRecord, float]:
             log.warning("%s: %s", self.label, msg)
@@ -165,8 +183,40 @@ class Run:
         status = result_status(code, timed_out=timed_out)
         log.info("%s: %s with %d after %.3fs", self.label, status, code, end.duration)
         self.ctx.metrics.run(self.job.name, status, end.duration)
-        self.ctx.results.put(self, replace(
+        done = replace(
             rec, status=status, exit_code=code, finished=rfc3339(end.finished),
             duration=round(end.duration, 3), timed_out=timed_out, reason=end.reason,
             output=end.output,
-        ))  # fmt: skip
+        )  # fmt: skip
+        if (status is RunStatus.FAILED and end.how is not RunEnd.INTERRUPTED
+                and self.attempt <= self.job.retries
+                and not self.ctx.stopping.is_set()):  # fmt: skip
+            # a retry: the same tick and claim (CONCH_REV), its alive marker kept meanwhile
+            delay = min(self.job.retry_delay * 2 ** (self.attempt - 1), MAX_RETRY_WAIT)
+            log.warning("%s: attempt %d of %d failed; the next in %gs", self.label,
+                        self.attempt, self.job.retries + 1, delay)  # fmt: skip
+            with self._lock:
+                self._earlier.append(done.summary())
+                self._waiting = done
+            self.ctx.retry_later(self, delay)
+            return
+        self.ctx.results.put(self, done)
+
+    def retry_now(self) -> bool:
+        """The delay passed: the next attempt is due (the caller launches it). False if conchd
+        stopped first (the last attempt's record was written instead)."""
+        with self._lock:
+            if self._waiting is None:
+                return False
+            self._waiting = None
+            self.attempt += 1
+            return True
+
+    def give_up_retry(self) -> None:
+        """conchd stops while the run waits for its next attempt: the last attempt's record
+        is its result."""
+        with self._lock:
+            rec, self._waiting = self._waiting, None
+        if rec is not None:
+            log.warning("%s: conchd stopping: no more attempts", self.label)
+            self.ctx.results.put(self, rec)

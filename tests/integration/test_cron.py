@@ -317,6 +317,9 @@ def test_usage_errors_write_nothing(conch, etcdctl, prefix):
         ("add", "j", "--schedule", "@daily", "--history", "0", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--history", "1001", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--history", "ten", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--retries", "-1", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--retries", "101", "--", "true"),
+        ("add", "j", "--schedule", "@daily", "--retry-delay", "soon", "--", "true"),
         ("add", "j", "--schedule", "* * * *", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--tz", "Mars/Olympus", "--", "true"),
         ("add", "j", "--schedule", "@daily", "--timeout", "soon", "--", "true"),
@@ -783,3 +786,57 @@ def test_bad_labels_are_usage_errors(conch, conch_env, etcdctl, prefix):
                        env=conch_env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2
     assert p.stderr.strip() == "conchd: error: --label: use KEY=VALUE, not 'x'"
+
+
+def test_retries_run_a_failed_tick_again_with_conch_attempt(conch, daemons, client, prefix,
+                                                           tmp_path):  # fmt: skip
+    """--retries 2: attempts 1 and 2 fail, 3 succeeds — one record, ok, attempt 3, the two
+    failed attempts kept; the child sees CONCH_ATTEMPT and the same CONCH_REV each time. With
+    --retries 1 and a command that always fails: 2 attempts, then failed."""
+    log, log2 = tmp_path / "attempts", tmp_path / "attempts2"
+    script = f'echo "$CONCH_TICK $CONCH_ATTEMPT $CONCH_REV" >> {log}; [ "$CONCH_ATTEMPT" -ge 3 ]'
+    add(conch, "flaky", "@every 2s", "--retries", "2", "--retry-delay", "0.2s", "--", SH, "-c",
+        script)  # fmt: skip
+    add(conch, "broken", "@every 2s", "--retries", "1", "--retry-delay", "0.1s", "--", SH, "-c",
+        f'echo "$CONCH_ATTEMPT" >> {log2}; exit 4')  # fmt: skip
+    daemons.start("d")
+
+    def final(name: str) -> model.RunRecord | None:
+        done = [r for _, r in sorted(records(client, prefix, name).items())
+                if r.status in ("ok", "failed")]  # fmt: skip
+        return done[0] if done else None
+
+    rec = wait_for(lambda: final("flaky"), timeout=60, what="flaky's result")
+    assert rec.status == "ok" and rec.exit_code == 0 and rec.attempt == 3, rec
+    assert [a["attempt"] for a in rec.attempts] == [1, 2]
+    assert [a["exit_code"] for a in rec.attempts] == [1, 1]
+    lines = [ln.split() for ln in read(log).splitlines()]
+    first = [ln for ln in lines if ln[0] == rec.tick]
+    assert [ln[1] for ln in first] == ["1", "2", "3"] and len({ln[2] for ln in first}) == 1
+    assert int(first[0][2]) == rec.rev
+    bad = wait_for(lambda: final("broken"), timeout=60, what="broken's result")
+    assert bad.status == "failed" and bad.exit_code == 4 and bad.attempt == 2, bad
+    assert [a["exit_code"] for a in bad.attempts] == [4]
+    (j,) = [j for j in ls(conch) if j["name"] == "flaky"]
+    assert j["retries"] == 2 and j["retry_delay"] == 0.2
+    no_error(daemons.log("d"))
+
+
+def test_a_conchd_stopping_between_attempts_records_the_last_one(conch, daemons, client, prefix,
+                                                                tmp_path):  # fmt: skip
+    """SIGTERM while a run waits 30 s for its next attempt: conchd does not wait; the last
+    attempt's record is the result (failed, attempt 1)."""
+    log = tmp_path / "attempts"
+    add(conch, "slowretry", "@every 2s", "--retries", "3", "--retry-delay", "30s", "--", SH,
+        "-c", f'echo "$CONCH_ATTEMPT" >> {log}; exit 6')  # fmt: skip
+    daemons.start("d")
+    wait_for(lambda: log.exists() and read(log).strip() == "1", timeout=60, what="attempt 1")
+    wait_for(lambda: "the next in 30s" in daemons.log("d"), timeout=10, what="the retry wait")
+    t0 = time.monotonic()
+    assert daemons.stop("d") == 128 + signal.SIGTERM
+    assert time.monotonic() - t0 < 10
+    # (a tick that fell during the wait is `skipped`: the run was still alive)
+    (rec,) = [r for r in records(client, prefix, "slowretry").values() if r.status != "skipped"]
+    assert rec.status == "failed" and rec.exit_code == 6 and rec.attempt == 1, rec
+    assert "conchd stopping: no more attempts" in daemons.log("d")
+    assert read(log).split() == ["1"]

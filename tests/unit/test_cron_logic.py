@@ -344,3 +344,20 @@ def test_labels_match_and_round_trip() -> None:
     doc = {"name": "j", "on": {"role": "db"}}
     assert listing.unclaimable(doc, [(("role", "web"),)]) is not None
     assert listing.unclaimable(doc, [(("role", "web"),), (("role", "db"),)]) is None
+
+
+def test_retries_and_attempts_round_trip_with_tolerant_fallbacks() -> None:
+    job = model.Job("j", "@daily", "UTC", ("t",), retries=3, retry_delay=0.5)
+    back = model.Job.from_json("j", job.to_json())
+    assert (back.retries, back.retry_delay) == (3, 0.5)
+    raw = b'{"schedule":"@daily","cmd":["t"],"retries":-2,"retry_delay":"x"}'
+    odd = model.Job.from_json("j", raw)
+    assert (odd.retries, odd.retry_delay) == (0, model.RETRY_DELAY)
+    first = model.RunRecord(tick="t", status=model.RunStatus.FAILED, daemon="d", host="h",
+                            claim="c", exit_code=1)  # fmt: skip
+    rec = model.RunRecord(tick="t", status=model.RunStatus.OK, daemon="d", host="h", claim="c",
+                          attempt=2, attempts=[first.summary()])  # fmt: skip
+    back_rec = model.RunRecord.from_json(rec.to_json())
+    assert back_rec.attempt == 2 and back_rec.attempts == [first.summary()]
+    old = model.RunRecord.from_json(b'{"status":"ok","attempts":"nope"}')  # an older conch's
+    assert old.attempt == 1 and old.attempts == []
