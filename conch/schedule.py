@@ -199,12 +199,11 @@ def _small(token: str) -> int:
     return int(token) if len(token) <= 4 else 10_000  # out of every range: refused below
 
 
-def resolve_h(expr: str, name: str, spec: str | None = None) -> str:
+def resolve_h(expr: str, name: str) -> str:
     """The 5-field cron expression `expr` with each ``H`` item replaced by the values it stands
     for in job `name`: ``H`` -> ``N``, ``H(A-B)`` -> ``N``, ``H/S`` and ``H(A-B)/S`` ->
     ``N-B/S`` (N an offset below S). Each field draws on 4 bytes of SHA-256(name), the same on
     every host and release. An expression without ``H`` comes back as it is."""
-    spec = expr if spec is None else spec
     fields = expr.split()
     if len(fields) != 5 or "H" not in expr:
         return expr
@@ -223,7 +222,7 @@ def resolve_h(expr: str, name: str, spec: str | None = None) -> str:
             if first is not None:
                 a, b = _small(first), _small(last)
                 if not low <= a <= b <= min(high, 6 if i == 4 else high):
-                    raise _fail(spec, f"{fname} range H({first}-{last}) is not within "
+                    raise _fail(expr, f"{fname} range H({first}-{last}) is not within "
                                       f"{low}-{6 if i == 4 else high}, low to high")  # fmt: skip
             elif step_text is None:
                 a, b = _H_RANGES[i]
@@ -234,7 +233,7 @@ def resolve_h(expr: str, name: str, spec: str | None = None) -> str:
                 continue
             step = _small(step_text)
             if not 1 <= step <= b - a + 1:
-                raise _fail(spec, f"{fname} step /{step_text} out of range 1-{b - a + 1}")
+                raise _fail(expr, f"{fname} step /{step_text} out of range 1-{b - a + 1}")
             items.append(f"{a + h % step}-{b}/{step}")
         out.append(",".join(items))
     return " ".join(out)

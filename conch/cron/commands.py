@@ -100,14 +100,16 @@ def cron(**_: Any) -> None:
 )
 @click.option(
     "--history",
-    default=str(HISTORY),
+    type=click.IntRange(1, MAX_HISTORY),
+    default=HISTORY,
     show_default=True,
     metavar="N",
     help=f"results kept (1-{MAX_HISTORY}; runs in progress too)",
 )
 @click.option(
     "--retries",
-    default="0",
+    type=click.IntRange(0, MAX_RETRIES),
+    default=0,
     show_default=True,
     metavar="N",
     help=f"run a failed or timed-out run again, up to N more times (0-{MAX_RETRIES})",
@@ -138,8 +140,8 @@ def cron_add(
     timeout: str | None,
     kill_after: str,
     overlap: str,
-    history: str,
-    retries: str,
+    history: int,
+    retries: int,
     retry_delay: str,
     on: tuple[str, ...],
     replace: bool,
@@ -169,10 +171,6 @@ def cron_add(
         raise UsageError(str(e)) from None
     t = None if timeout is None else options.duration(timeout, "--timeout", allow_zero=False)
     k = options.duration(kill_after, "--kill-after")
-    if not history.isdigit() or not 1 <= int(history) <= MAX_HISTORY:
-        raise UsageError(f"--history: a whole number from 1 to {MAX_HISTORY}, not {history!r}")
-    if not retries.isdigit() or not 0 <= int(retries) <= MAX_RETRIES:
-        raise UsageError(f"--retries: a whole number from 0 to {MAX_RETRIES}, not {retries!r}")
     delay = options.duration(retry_delay, "--retry-delay")
     try:
         wanted = model.labels_of(on, "--on")
@@ -188,9 +186,9 @@ def cron_add(
         timeout=t,
         kill_after=k,
         overlap=overlap,
-        history=int(history),
+        history=history,
         on=wanted,
-        retries=int(retries),
+        retries=retries,
         retry_delay=delay,
     )
     try:
