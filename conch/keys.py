@@ -89,6 +89,8 @@ def prefix_range_end(prefix: bytes) -> bytes:
 #     {prefix}cron/runs/{enc(NAME)}/{tick}          one run record per claimed tick (no lease:
 #                                                   a claim is permanent, a tick never reruns)
 #     {prefix}cron/alive/{enc(NAME)}/{tick}         "the run is alive": on the winner's lease
+#     {prefix}cron/requests/{enc(NAME)}/{tick}      a `cron run` request, on the requester's
+#                                                   lease; deleted by the claim of its run
 #
 # {tick} is the tick's Unix time in whole seconds, zero-padded to 12 digits, followed by
 # `.ffffff` (microseconds, trailing zeros removed) only when the tick is not on a whole second:
@@ -157,6 +159,17 @@ def cron_daemon_key(prefix: str, daemon_id: str) -> bytes:
 def cron_mark_key(prefix: str, name: str) -> bytes:
     """Job NAME's low-water mark: the tick token of the newest tick claimed (docs/cron.md)."""
     return cron_dir(prefix) + b"marks/" + encode_name(name).encode()
+
+
+def cron_requests_dir(prefix: str) -> bytes:
+    """The range holding every `cron run` request (ends with '/')."""
+    return cron_dir(prefix) + b"requests/"
+
+
+def cron_request_key(prefix: str, name: str, tick: int) -> bytes:
+    """A `cron run` request of job NAME, for the manual tick `tick` (on the requester's lease:
+    it expires unclaimed after `cron run --timeout`)."""
+    return cron_requests_dir(prefix) + encode_name(name).encode() + b"/" + tick_token(tick).encode()
 
 
 def tick_token(tick: int) -> str:

@@ -18,8 +18,8 @@ from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
 from conch.cron.metrics import ClaimResult, NoMetrics
 from conch.cron.model import Job, Labels, RunStatus, Tick, format_tick, labels_match, tick_of
-from conch.cron.scheduler import Due, JobState
-from conch.cron.share import rank
+from conch.cron.scheduler import RETRY_AFTER, Due, JobState
+from conch.cron.share import SHARE_GRACE, rank
 from conch.cron.store import CLAIM_TIMEOUT, CLAIMS_PER_TXN, Claim, ClaimOutcome, ClaimRequest
 from conch.holder import rfc3339
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from conch.session import Session
 
 log = logging.getLogger(__name__)
+
+# the pending `cron run` requests a daemon knows of: job name -> {tick: when it may be claimed
+# (this host's clock: when it was seen, or a retry's time)}
+Requests = dict[str, dict[Tick, float]]
 
 # the `result` label of conchd_claims_total for each outcome (a changed definition: none)
 _METRIC = {
@@ -70,11 +74,13 @@ class Claimer:
         stopping: threading.Event,
         peers: frozenset[str] = frozenset(),
         labels_of: dict[str, Labels] | None = None,
+        requests: Requests | None = None,
     ) -> None:
         """Claim every tick due now — this daemon's share of the jobs at their tick, the
         others' a little later (conch.cron.share; `peers`: the live daemons; for a job added
         --on labels, only those whose `labels_of` match count) — up to CLAIMS_PER_TXN in one
-        transaction; nothing without a trusted lease."""
+        transaction; then the `cron run` requests (`requests`) as their share says; nothing
+        without a trusted lease."""
         s = session
         if s is not None and s.is_trusted():
             for st in list(jobs.values()):
@@ -98,12 +104,51 @@ class Claimer:
             if due.passed:  # this daemon fell behind: only the newest due tick counts
                 log.debug("job %r: %d tick(s) passed unclaimed here", name, due.passed)
             wants.append((st, due))
-        if not wants or s is None or not s.is_trusted():
+        if s is None or not s.is_trusted():
             return
         wants.sort(key=lambda w: (w[1].tick, w[0].rank, w[0].job.name))
         for i in range(0, len(wants), CLAIMS_PER_TXN):
             if stopping.is_set() or not self._claim_batch(wants[i : i + CLAIMS_PER_TXN], s):
                 return
+        if requests:
+            self._claim_requests(jobs, requests, s, wall)
+
+    def _claim_requests(
+        self, jobs: dict[str, JobState], requests: Requests, s: Session, wall: float
+    ) -> None:
+        """Claim the `cron run` requests due here: at once where this daemon ranks first for
+        the job, SHARE_GRACE later for each daemon before it (the first may be down)."""
+        wants = [
+            ClaimRequest(st.job, st.rev, tick, manual=True)
+            for name, pending in requests.items()
+            if (st := jobs.get(name)) is not None
+            for tick, seen in pending.items()
+            if wall >= seen + st.rank * SHARE_GRACE
+        ][:CLAIMS_PER_TXN]
+        if not wants:
+            return
+        try:
+            claims = store.claim_many(
+                self.client, self.prefix, wants, daemon=self.daemon_id,
+                claim_id=self.claim_id, host=self.host, lease=s.lease_id,
+                now=rfc3339(time.time()), timeout=CLAIM_TIMEOUT,
+            )  # fmt: skip
+        except EtcdClusterChanged:
+            raise
+        except EtcdError as e:  # may have committed: the retry finds its own record
+            log.warning("claim of %d `cron run` request(s) failed: %s; retrying", len(wants), e)
+            for w in wants:
+                requests[w.job.name][w.tick] = time.time() + RETRY_AFTER
+            return
+        for w, c in zip(wants, claims, strict=True):
+            if c.outcome is ClaimOutcome.CHANGED:  # the definition is newer than ours: again
+                requests[w.job.name][w.tick] = time.time() + RETRY_AFTER  # once the watch has it
+                continue
+            pending = requests[w.job.name]
+            pending.pop(w.tick, None)
+            if not pending:
+                del requests[w.job.name]
+            self._claimed(w.job, w.tick, c, s.lease_id)
 
     def _rank(self, name: str) -> int:
         r = self._ranks.get(name)
@@ -205,6 +250,8 @@ class Claimer:
             reason = c.record.reason if c.record else ""
             log.info("%s: skipped: %s (--overlap forbid)", label, reason)
             self._on_skipped(job)
+        elif c.outcome is ClaimOutcome.GONE:
+            log.debug("%s: `cron run` request gone (withdrawn or expired)", label)
         elif c.outcome is ClaimOutcome.TAKEN:
             log.debug("%s: claimed by another daemon (rev %d)", label, c.revision)
         elif c.outcome is ClaimOutcome.BEHIND:

@@ -1,4 +1,4 @@
-"""`conch cron add | ls | show | logs | rm | suspend | resume` (docs/cron.md).
+"""`conch cron add | ls | run | show | logs | rm | suspend | resume` (docs/cron.md).
 conch/cli.py adds the `cron` group to `conch` when it is asked for; the cron package's heavy
 parts (conch.cron.store, the schedule parser, grpc) are imported by the commands themselves."""
 
@@ -59,6 +59,7 @@ def cron(**_: Any) -> None:
                    [--overlap forbid|allow] [--history N] [--retries N] [--retry-delay D]
                    [--on KEY=VALUE]... [--replace] -- CMD [ARG...]
     conch cron ls [--json]
+    conch cron run NAME [--wait] [--timeout D]
     conch cron show NAME [--json]
     conch cron logs NAME [--tick T] [--last K] [--json]
     conch cron suspend NAME | conch cron resume NAME
@@ -268,6 +269,84 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
             client, prefix, name, now)):  # fmt: skip
         raise ConchError(f"no cron job {name!r}", 1)
     return 0
+
+
+@cron.command("run", context_settings=CMD_SETTINGS)
+@click.argument("name")
+@click.option("--wait", is_flag=True,
+              help="wait for the result: print the output, exit with the job's code")  # fmt: skip
+@click.option("--timeout", "timeout_text", default="60s", show_default=True, metavar="D",
+              help="unclaimed after D, the request lapses (--wait: exit 75)")  # fmt: skip
+@global_options
+@click.pass_context
+def cron_run(ctx: click.Context, name: str, wait: bool, timeout_text: str, **kw: Any) -> int:
+    """Run job NAME once now, on exactly one conchd daemon (a tick of its own, marked manual).
+    Prints the run's tick; with --wait, its output, and exits with its exit code."""
+    from conch import options
+    from conch.cron import manual
+
+    timeout = options.duration(timeout_text, "--timeout", allow_zero=False)
+    got = _on_job(ctx, name, kw, lambda client, prefix, _now: _run_now(
+        client, prefix, name, timeout, wait))  # fmt: skip
+    if got is manual.RequestRefused.NO_JOB:
+        raise ConchError(f"no cron job {name!r}", 1)
+    if got is manual.RequestRefused.SUSPENDED:
+        raise ConchError(f"cron job {name!r} is suspended (conch cron resume {name} first); "
+                         "nothing run", 1)  # fmt: skip
+    return got
+
+
+def _run_now(client: Client, prefix: str, name: str, timeout: float, wait: bool) -> Any:
+    """`cron run`: the request, and with `wait` its result (an exit code) — or why not."""
+    from conch.cron import manual
+    from conch.cron.model import format_tick
+
+    tick = manual.request(client, prefix, name, timeout)
+    if isinstance(tick, manual.RequestRefused):
+        return tick
+    if not wait:
+        click.echo(format_tick(tick))
+        return 0
+    label = f"cron job {name!r} tick {format_tick(tick)}"
+
+    def claimed(rec: Any) -> None:
+        click.echo(f"conch: {label}: claimed by {rec.daemon} on {rec.host}", err=True)
+
+    try:
+        got = manual.wait(client, prefix, name, tick, timeout, claimed)
+    except KeyboardInterrupt:
+        if manual.withdraw(client, prefix, name, tick):
+            click.echo(f"conch: {label}: request withdrawn", err=True)
+        raise
+    return _manual_exit(label, got)
+
+
+def _manual_exit(label: str, got: Any) -> int:
+    """What `cron run --wait` prints and exits with, for what became of the run."""
+    from conch.cron import manual
+    from conch.cron.model import RunStatus
+    from conch.errors import EXIT_LEASE_LOST, EXIT_NOT_ACQUIRED
+
+    if got.outcome is manual.Outcome.UNCLAIMED:
+        raise ConchError(f"{label}: no conchd daemon claimed it in time; nothing run",
+                         EXIT_NOT_ACQUIRED)  # fmt: skip
+    rec = got.record
+    if got.outcome is manual.Outcome.LOST:
+        raise ConchError(f"{label}: lost: daemon {rec.daemon} on {rec.host} lost its lease "
+                         "while the run ran (its result is unknown)", EXIT_LEASE_LOST)  # fmt: skip
+    if rec.status in (RunStatus.SKIPPED, RunStatus.MISSED):
+        raise ConchError(f"{label}: {rec.status}: {rec.reason}; nothing run", EXIT_NOT_ACQUIRED)
+    if got.output:
+        sys.stdout.write(got.output if got.output.endswith("\n") else got.output + "\n")
+        sys.stdout.flush()
+    code = rec.exit_code if rec.exit_code is not None else 1
+    how = f"{rec.status}, exit code {code}"
+    if rec.timed_out:
+        how += ", timed out"
+    if rec.attempt > 1:
+        how += f", attempt {rec.attempt}"
+    click.echo(f"conch: {label}: {how} on {rec.host} after {rec.duration or 0:.3f}s", err=True)
+    return code
 
 
 @cron.command("suspend", context_settings=CMD_SETTINGS)

@@ -26,7 +26,7 @@ from conch.client import (
     WatchCompacted,
 )
 from conch.cron import store
-from conch.cron.claimer import Claimer
+from conch.cron.claimer import Claimer, Requests
 from conch.cron.follower import OUTPUT_GRACE, Follower
 from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
@@ -37,6 +37,7 @@ from conch.cron.model import Job, Labels, Tick, format_tick, labels_match, tick_
 from conch.cron.results import RESULT_GRACE, ResultWriter
 from conch.cron.runner import Run, RunContext
 from conch.cron.scheduler import JobState
+from conch.cron.share import SHARE_GRACE
 from conch.errors import EXIT_UNAVAILABLE, ConchError
 
 if TYPE_CHECKING:
@@ -69,11 +70,15 @@ class Daemon:
         self.stop_signal: int | None = None
         self.session: Session | None = None
         self._stale: list[int] = []  # leases given up during an outage: revoke when possible
-        self._watch: Watch | None = None
+        self._watch: Watch | None = None  # the job definitions
+        self._requests_watch: Watch | None = None  # the `cron run` requests
+        self.requests: Requests = {}  # the pending ones (conch.cron.claimer)
+        self._woken = threading.Event()  # a watch has something: events, an error, its end
         self._fail_delay = 0.5
         self._outage_logged = False
         self.housekeeper = Housekeeper(client, prefix)
         self._jobs_dir = keys.cron_jobs_dir(prefix)
+        self._requests_dir = keys.cron_requests_dir(prefix)
         self.fatal: str | None = None  # set when conchd must stop (the cluster changed)
         self.heartbeat = Heartbeat(
             client, prefix, daemon_id, self.host, self._lease_id, metrics, labels
@@ -167,7 +172,7 @@ class Daemon:
         if self.heartbeat.settled():  # checked before reading the (corrected) time
             self.claimer.claim_due(
                 self.jobs, self.session, self.stopping, self.heartbeat.peers(),
-                self.heartbeat.peer_labels(),
+                self.heartbeat.peer_labels(), self.requests,
             )  # fmt: skip
         return True
 
@@ -240,11 +245,22 @@ class Daemon:
 
     # -- job definitions -------------------------------------------------------------------
     def _relist(self) -> bool:
+        """List the jobs and the `cron run` requests, and watch both from there."""
         end = keys.prefix_range_end(self._jobs_dir)
+        w = rw = None
         try:
             kvs, rev = self.client.get_range(self._jobs_dir, end)
-            w = self.client.watch(self._jobs_dir, end, start_revision=rev + 1)
+            w = self.client.watch(self._jobs_dir, end, start_revision=rev + 1,
+                                  wake=self._woken.set)  # fmt: skip
+            pending, req_rev = store.list_requests(self.client, self.prefix)
+            rw = self.client.watch(
+                self._requests_dir, keys.prefix_range_end(self._requests_dir),
+                start_revision=req_rev + 1, wake=self._woken.set,
+            )  # fmt: skip
         except EtcdError as e:
+            for opened in (w, rw):
+                if opened is not None:
+                    opened.cancel(wait=False)
             self._outage("cannot list the jobs", e)
             return False
         seen = set()
@@ -255,7 +271,11 @@ class Daemon:
         for name in list(self.jobs):
             if name not in seen:
                 self._remove(name)
-        self._watch = w
+        now = time.time()
+        old, self.requests = self.requests, {}
+        for name, tick in pending:
+            self.requests.setdefault(name, {})[tick] = old.get(name, {}).get(tick, now)
+        self._watch, self._requests_watch = w, rw
         log.debug("watching %d job(s) from revision %d", len(self.jobs), rev + 1)
         return True
 
@@ -296,19 +316,20 @@ class Daemon:
             log.info("job %r removed (a run in progress finishes)", name)
 
     def _drain(self, timeout: float) -> None:
-        w = self._watch
-        assert w is not None
+        """Wait up to `timeout` for either watch, and apply what they bring."""
+        w, rw = self._watch, self._requests_watch
+        assert w is not None and rw is not None
+        if self._woken.wait(timeout):
+            self._woken.clear()
         try:
-            events = w.get(timeout)
+            events, requests = w.get(0), rw.get(0)
         except WatchCompacted as e:
             log.info("job watch: %s; listing again", e)
-            w.cancel()
-            self._watch = None
+            self._end_watches()
             return
         except EtcdError as e:
             log.warning("job watch failed: %s; listing again", e)
-            w.cancel()
-            self._watch = None
+            self._end_watches()
             return
         for ev in events:
             if ev.type is EventType.PUT:
@@ -316,12 +337,36 @@ class Daemon:
             else:
                 with contextlib.suppress(ValueError, UnicodeDecodeError):
                     self._remove(keys.cron_job_name(self.prefix, ev.kv.key))
+        for ev in requests:
+            try:
+                name, tick = keys.cron_split_tick_key(self._requests_dir, ev.kv.key)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if ev.type is EventType.PUT:
+                self.requests.setdefault(name, {}).setdefault(tick, time.time())
+                log.info("job %r: `cron run` requested (tick %s)", name, format_tick(tick))
+            elif (pending := self.requests.get(name)) is not None:
+                pending.pop(tick, None)
+                if not pending:
+                    del self.requests[name]
+
+    def _end_watches(self) -> None:
+        for w in (self._watch, self._requests_watch):
+            if w is not None:
+                w.cancel()
+        self._watch = self._requests_watch = None
 
     def _wait_time(self) -> float:
         now = self.time()
         t = MAX_WAIT
         for st in self.jobs.values():
             t = min(t, st.wake_at() - now)
+        wall = time.time()
+        for name, pending in self.requests.items():
+            st = self.jobs.get(name)
+            if st is not None:
+                delay = st.rank * SHARE_GRACE
+                t = min(t, *(seen + delay - wall for seen in pending.values()))
         return max(t, 0.0)
 
     # -- runs --------------------------------------------------------------------------------
@@ -369,8 +414,9 @@ class Daemon:
         )  # fmt: skip
         # everything but the runs stops at once; then one bound for the runs (their kill
         # sequence, then their results), one for the rest, and the lease revoke (4 s at most)
-        if self._watch is not None:
-            self._watch.cancel(wait=False)
+        for w in (self._watch, self._requests_watch):
+            if w is not None:
+                w.cancel(wait=False)
         self.housekeeper.halt()
         self.heartbeat.halt()
         longest = max((r.job.kill_after for r in runs), default=0.0)

@@ -40,6 +40,7 @@ def run_doc(tick: Tick, rec: RunRecord, alive: bool) -> dict[str, Any]:
         "timed_out": rec.timed_out,
         "attempt": rec.attempt,  # --retries: which attempt this record is (1-based)
         "attempts": rec.attempts,  # the earlier attempts, oldest first
+        "manual": rec.manual,  # a `cron run`
     }
 
 

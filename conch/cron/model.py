@@ -32,18 +32,21 @@ OVERLAP_CHOICES = ("forbid", "allow")
 
 
 class RunStatus(enum.StrEnum):
-    """A run's status: what a record says (RUNNING, OK, FAILED, SKIPPED) or what `cron ls`
-    shows (also LOST). The values are the JSON strings."""
+    """A run's status: what a record says (RUNNING, OK, FAILED, SKIPPED, MISSED) or what
+    `cron ls` shows (also LOST). The values are the JSON strings."""
 
     RUNNING = "running"
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    MISSED = "missed"  # never run: not started within --starting-deadline, or nobody claimed it
     LOST = "lost"
 
 
 # a tuple, not a set: a damaged record's status may be a JSON list or object (unhashable)
-STORED_STATUSES = (RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED, RunStatus.SKIPPED)
+STORED_STATUSES = (
+    RunStatus.RUNNING, RunStatus.OK, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.MISSED,
+)  # fmt: skip
 
 
 class DefinitionTooLarge(ValueError):
@@ -246,6 +249,7 @@ class RunRecord:
     reason: str = ""  # why skipped / failed without running / interrupted
     attempt: int = 1  # which attempt this is (--retries; CONCH_ATTEMPT)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # the earlier ones, oldest first
+    manual: bool = False  # a `cron run`: its tick is the request's time, not a schedule's
     # the tail of the child's stdout+stderr: stored under a key of its own (conch.keys
     # .cron_output_key), not in the record, so that listing runs never reads outputs; a record
     # written by an older conch may still hold it (read back by store.job_view)
@@ -284,6 +288,7 @@ class RunRecord:
             attempts=[x for x in d.get("attempts") or [] if isinstance(x, dict)]
             if isinstance(d.get("attempts"), list)
             else [],
+            manual=d.get("manual") is True,
             output=_as_str(d.get("output")) or "",
         )
 

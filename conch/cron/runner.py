@@ -120,6 +120,8 @@ class Run:
         job, metrics = self.job, self.ctx.metrics
         env = {**self.ctx.env, "CONCH_JOB": job.name, "CONCH_TICK": format_tick(self.tick),
                "CONCH_REV": str(self.rev), "CONCH_ATTEMPT": str(self.attempt)}  # fmt: skip
+        if self.record.manual:
+            env["CONCH_MANUAL"] = "1"
         t0, m0 = time.time(), time.monotonic()
         if self.attempt == 1:
             metrics.lag(job.name, t0 - self.tick / 1e6)

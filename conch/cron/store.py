@@ -8,6 +8,7 @@ Keys (conch.keys, all under the user's prefix):
     cron/alive/{enc(NAME)}/{tick}    alive marker of a running run, on the winner daemon's lease
     cron/output/{enc(NAME)}/{tick}   the run's output tail, written with its result
     cron/marks/{enc(NAME)}           the job's low-water mark: the newest tick claimed
+    cron/requests/{enc(NAME)}/{tick} a `cron run` request, on the requester's lease
 
 A claim is one transaction: *if create_revision(run key) == 0 and mod_revision(job key) is
 the definition the daemon scheduled from, then put the run record (status running) and the
@@ -16,6 +17,9 @@ pruning, `cron rm`) once no daemon can still claim its tick, so a tick never run
 winner rewrites the record with the result and deletes the marker in one transaction. The
 status shown by `cron ls` is derived: a record still saying `running` whose marker is gone
 (the winner's lease expired) is `lost` (docs/cron.md).
+
+A manual run (`cron run`) is claimed the same way, but by deleting its request key instead of
+moving the mark: its tick (the request's time) is never one of the schedule's.
 """
 
 from __future__ import annotations
@@ -170,6 +174,68 @@ def set_suspended(
         if client.txn(guards, ops).succeeded:
             return Suspension.CHANGED
         # the definition or the mark moved meanwhile: read again
+
+
+# -- cron run: requests -------------------------------------------------------------------------
+
+
+def request_run(
+    client: Client, prefix: str, name: str, job_rev: int, tick: Tick, lease: int, value: bytes
+) -> bool:
+    """Ask for a manual run of NAME at `tick` (`cron run`): its request key, on `lease`, only
+    if the definition is still the one read (mod revision `job_rev`). False: it changed or was
+    removed meanwhile (nothing written)."""
+    job_key = keys.cron_job_key(prefix, name)
+    request_key = keys.cron_request_key(prefix, name, tick)
+    res = client.txn(
+        [Compare(job_key, "mod", "==", job_rev), Compare(request_key, "create", "==", 0)],
+        [Op("put", request_key, value, lease=lease)],
+    )
+    return res.succeeded
+
+
+def withdraw_request(client: Client, prefix: str, name: str, tick: Tick) -> bool:
+    """Delete the request of a manual run if no daemon took it: True. False: a daemon claimed
+    it (or it expired with its lease)."""
+    key = keys.cron_request_key(prefix, name, tick)
+    return client.txn([Compare(key, "create", ">", 0)], [Op("delete", key)]).succeeded
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A manual run as its requester sees it, read at one revision."""
+
+    requested: bool  # the request is still there: not claimed yet
+    record: RunRecord | None  # its run record, once claimed
+    alive: bool  # its alive marker is there
+    output: str  # its stored output (written with the result)
+
+
+def run_state(client: Client, prefix: str, name: str, tick: Tick) -> RunState:
+    gets = [
+        Op("get", keys.cron_request_key(prefix, name, tick), keys_only=True),
+        Op("get", keys.cron_run_key(prefix, name, tick)),
+        Op("get", keys.cron_alive_key(prefix, name, tick), keys_only=True),
+        Op("get", keys.cron_output_key(prefix, name, tick)),
+    ]
+    req, run, alive, out = (r or [] for r in client.txn([], gets).responses)
+    return RunState(
+        requested=bool(req),
+        record=RunRecord.from_json(run[0].value) if run else None,
+        alive=bool(alive),
+        output=out[0].value.decode("utf-8", "replace") if out else "",
+    )
+
+
+def list_requests(client: Client, prefix: str) -> tuple[list[tuple[str, Tick]], int]:
+    """Every pending `cron run` request (job name, tick), and the revision read at."""
+    d = keys.cron_requests_dir(prefix)
+    kvs, revision = client.get_range(d, keys.prefix_range_end(d))
+    out = []
+    for kv in kvs:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            out.append(keys.cron_split_tick_key(d, kv.key))
+    return out, revision
 
 
 # -- reading: the listing, history pruning -----------------------------------------------------
@@ -366,6 +432,7 @@ class ClaimOutcome(enum.Enum):
     BEHIND = "behind"  # a tick at or before the job's low-water mark: never run (it was, or
     #                    a newer tick was already claimed, or it predates the definition)
     CHANGED = "changed"  # the definition changed or was removed meanwhile
+    GONE = "gone"  # a `cron run` request no longer there (expired or cancelled), unclaimed
 
 
 @dataclass
@@ -392,6 +459,7 @@ class ClaimRequest:
     job: Job
     job_rev: int
     tick: Tick
+    manual: bool = False  # a `cron run` request's tick: claimed by deleting the request
 
 
 def claim_many(
@@ -429,7 +497,7 @@ def claim_many(
     records = [
         RunRecord(
             tick=format_tick(w.tick), status=RunStatus.RUNNING, daemon=daemon, host=host,
-            claim=claim_id, claimed=now, started=now,
+            claim=claim_id, claimed=now, started=now, manual=w.manual,
         )
         for w in wants
     ]  # fmt: skip
@@ -446,7 +514,7 @@ def claim_many(
             if r.succeeded:
                 out[i] = _won_claim(prefix, wants[i], records[i], r.responses, res.revision)
             else:
-                c = _failed_claim(r.responses, wants[i].job_rev, claim_id)
+                c = _failed_claim(wants[i], r.responses, claim_id)
                 if c is None:
                     unmarked.append(i)
                 else:
@@ -497,16 +565,27 @@ def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubT
                 Op("get", alive_dir, range_end=alive_end, keys_only=True),
             ],
         )
-        ops: list[Op | SubTxn] = [Op("put", mark_key, token), unless_busy]
+        ops: list[Op | SubTxn] = [unless_busy]
     else:
-        ops = [Op("put", mark_key, token), *run]
+        ops = list(run)
+    if w.manual:  # claimed by taking the request: no mark (a schedule's ticks are not touched)
+        request_key = keys.cron_request_key(prefix, name, tick)
+        return SubTxn(
+            [
+                Compare(run_key, "create", "==", 0),
+                Compare(job_key, "mod", "==", w.job_rev),
+                Compare(request_key, "create", ">", 0),
+            ],
+            [Op("delete", request_key), *ops],
+            [Op("get", run_key), Op("get", job_key, keys_only=True)],
+        )
     return SubTxn(
         [
             Compare(run_key, "create", "==", 0),
             Compare(job_key, "mod", "==", w.job_rev),
             Compare(mark_key, "value", "<", token),
         ],
-        ops,
+        [Op("put", mark_key, token), *ops],
         [Op("get", run_key), Op("get", job_key, keys_only=True), Op("get", mark_key)],
     )
 
@@ -515,7 +594,8 @@ def _won_claim(
     prefix: str, w: ClaimRequest, rec: RunRecord, responses: list[Any], revision: int
 ) -> Claim:
     """A claim that committed: WON, or SKIPPED when its forbid check found a run alive (the
-    record returned names that run's tick, for the log)."""
+    record returned names that run's tick, for the log). (The forbid check is the second op
+    of either form: after the mark's put, or the request's delete.)"""
     inner = responses[1] if w.job.overlap == "forbid" else None
     if inner is None or inner.succeeded:
         return Claim(ClaimOutcome.WON, revision, rec)
@@ -531,10 +611,10 @@ def _won_claim(
     return Claim(ClaimOutcome.SKIPPED, revision, skipped)
 
 
-def _failed_claim(responses: list[Any], job_rev: int, claim_id: str) -> Claim | None:
-    """Why a claim's guards failed, from its failure branch's reads (run, job, mark); None: the
-    job has no mark yet."""
-    run_kvs, job_kvs, mark_kvs = (r or [] for r in responses)
+def _failed_claim(w: ClaimRequest, responses: list[Any], claim_id: str) -> Claim | None:
+    """Why a claim's guards failed, from its failure branch's reads (run, job, and the mark
+    unless `w` is a `cron run` request); None: the job has no mark yet."""
+    run_kvs, job_kvs, *mark = (r or [] for r in responses)
     if run_kvs:
         kv = run_kvs[0]
         stored = RunRecord.from_json(kv.value)
@@ -545,10 +625,12 @@ def _failed_claim(responses: list[Any], job_rev: int, claim_id: str) -> Claim | 
             # back): never again.
             return _own(stored, kv.create_revision)
         return Claim(ClaimOutcome.TAKEN, kv.create_revision)
-    if not job_kvs or job_kvs[0].mod_revision != job_rev:
+    if not job_kvs or job_kvs[0].mod_revision != w.job_rev:
         return Claim(ClaimOutcome.CHANGED)
-    if mark_kvs:
-        return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark_kvs[0].value))
+    if w.manual:
+        return Claim(ClaimOutcome.GONE)
+    if mark[0]:
+        return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark[0][0].value))
     return None
 
 

@@ -361,3 +361,28 @@ def test_retries_and_attempts_round_trip_with_tolerant_fallbacks() -> None:
     assert back_rec.attempt == 2 and back_rec.attempts == [first.summary()]
     old = model.RunRecord.from_json(b'{"status":"ok","attempts":"nope"}')  # an older conch's
     assert old.attempt == 1 and old.attempts == []
+
+
+# -- cron run: the manual tick ------------------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=4_000_000_000_000_000))
+def test_a_manual_tick_is_never_a_scheduled_one(now):
+    from conch.cron.manual import manual_tick
+    from conch.schedule import Schedule
+
+    for spec in ("* * * * *", "@every 1s", "@every 1.5s", "0 0 * * *"):
+        s = Schedule.parse(spec, "UTC", "j")
+        t = manual_tick(s, now)
+        assert now <= t <= now + 1
+        assert s.next_after(model.tick_datetime(t - 1)) != model.tick_datetime(t)
+    assert manual_tick(None, now) == now
+
+
+def test_a_manual_tick_on_a_scheduled_one_moves_a_microsecond():
+    from conch.cron.manual import manual_tick
+    from conch.schedule import Schedule
+
+    minute = 1_700_000_040 * 1_000_000  # a whole minute
+    assert manual_tick(Schedule.parse("* * * * *", "UTC", "j"), minute) == minute + 1
+    assert manual_tick(Schedule.parse("0 0 * * *", "UTC", "j"), minute) == minute
