@@ -344,8 +344,11 @@ class Schedule:
         """The first tick strictly after ``t`` (aware), as an aware UTC datetime."""
         return self._next(_utc_naive(t)).replace(tzinfo=UTC)
 
-    def ticks_between(self, start: datetime, end: datetime) -> list[datetime]:
-        """All ticks with ``start < tick <= end``, ascending, as aware UTC datetimes."""
+    def ticks_between(
+        self, start: datetime, end: datetime, limit: int | None = None
+    ) -> list[datetime]:
+        """All ticks with ``start < tick <= end`` (the first `limit` of them, if given),
+        ascending, as aware UTC datetimes."""
         lo, hi = _utc_naive(start), _utc_naive(end)
         out: list[datetime] = []
         if hi <= lo:
@@ -354,14 +357,26 @@ class Schedule:
             d = self._every_us
             k0 = (lo - _EPOCH) // _MICROSECOND // d + 1
             k1 = (hi - _EPOCH) // _MICROSECOND // d
+            if limit is not None:
+                k1 = min(k1, k0 + limit - 1)
             return [
                 (_EPOCH + (k * d) * _MICROSECOND).replace(tzinfo=UTC) for k in range(k0, k1 + 1)
             ]
         tick = self._next(lo)
-        while tick <= hi:
+        while tick <= hi and (limit is None or len(out) < limit):
             out.append(tick.replace(tzinfo=UTC))
             tick = self._next(tick)
         return out
+
+    def count_between(self, start: datetime, end: datetime, cap: int) -> int:
+        """How many ticks ``start < tick <= end`` has, counted up to `cap` (exact for @every)."""
+        lo, hi = _utc_naive(start), _utc_naive(end)
+        if hi <= lo:
+            return 0
+        if self._every_us is not None:
+            d = self._every_us
+            return max(0, (hi - _EPOCH) // _MICROSECOND // d - (lo - _EPOCH) // _MICROSECOND // d)
+        return len(self.ticks_between(start, end, limit=cap))
 
     # -- internals: naive datetimes are UTC instants unless named w (local wall-clock time) --
 

@@ -17,8 +17,19 @@ from typing import TYPE_CHECKING
 from conch.client import Client, EtcdClusterChanged, EtcdError
 from conch.cron import store
 from conch.cron.metrics import ClaimResult, NoMetrics
-from conch.cron.model import Job, Labels, RunStatus, Tick, format_tick, labels_match, tick_of
-from conch.cron.scheduler import RETRY_AFTER, Due, JobState
+from conch.cron.model import (
+    MISSED_COUNT_CAP,
+    MISSED_RECORDS,
+    Job,
+    Labels,
+    RunRecord,
+    RunStatus,
+    Tick,
+    format_tick,
+    labels_match,
+    tick_of,
+)
+from conch.cron.scheduler import RETRY_AFTER, Due, JobState, missed_ticks
 from conch.cron.share import SHARE_GRACE, rank
 from conch.cron.store import CLAIM_TIMEOUT, CLAIMS_PER_TXN, Claim, ClaimOutcome, ClaimRequest
 from conch.holder import rfc3339
@@ -43,7 +54,8 @@ _METRIC = {
 
 class Claimer:
     """Claims the due ticks of one daemon's jobs. A won tick goes to `start_run(job, tick,
-    claim, lease)`; after a skipped one, `on_skipped(job)` (its history may be pruned)."""
+    claim, lease)`; after a skipped one or `missed` records, `on_recorded(job)` (its history may
+    be pruned)."""
 
     def __init__(
         self,
@@ -54,13 +66,13 @@ class Claimer:
         metrics: NoMetrics,
         clock: Callable[[], float],
         start_run: Callable[[Job, Tick, Claim, int], None],
-        on_skipped: Callable[[Job], None],
+        on_recorded: Callable[[Job], None],
     ) -> None:
         self.client, self.prefix, self.daemon_id, self.host = client, prefix, daemon_id, host
         self.metrics = metrics
         self._clock = clock  # the group's wall-clock time (conchd's corrected clock)
         self._start_run = start_run
-        self._on_skipped = on_skipped
+        self._on_recorded = on_recorded
         # identifies this daemon process's claims: a retried claim whose first answer was
         # lost finds its own record (store.claim_many); a restarted daemon gets a new one
         self.claim_id = uuid.uuid4().hex
@@ -211,10 +223,62 @@ class Claimer:
             for (st, _due), w in zip(batch, wants, strict=True):
                 st.claim_failed(w.tick, time.time())  # the same tick, the same claim id
             return True
+        gaps: list[tuple[Job, list[tuple[Tick, RunRecord]]]] = []
         for (st, due), w, c in zip(batch, wants, claims, strict=True):
+            floor = st.floor  # before claim_decided moves it on
             st.claim_decided(w.tick, due.following)
             self._claimed(st.job, w.tick, c, s.lease_id)
+            if c.prior_mark is not None and (floor is None or c.prior_mark < tick_of(floor)):
+                missed = self._missed(st, c.prior_mark, w.tick)
+                if missed:
+                    gaps.append((st.job, missed))
+        if gaps:
+            self._record_missed(gaps)
         return True
+
+    def _missed(self, st: JobState, prior: Tick, tick: Tick) -> list[tuple[Tick, RunRecord]]:
+        """The `missed` records of the ticks nobody claimed between the job's prior mark and
+        `tick` (just claimed here): one a tick, or one for a longer gap (its first tick and
+        count)."""
+        ticks, count = missed_ticks(st.schedule, prior, tick, min(st.job.history, MISSED_RECORDS))
+        if not count:
+            return []
+        now = rfc3339(time.time())
+        if len(ticks) == count:
+            why = "no daemon claimed it in time (every conchd down, or etcd unreachable)"
+        else:
+            why = (f"{count}{'+' if count >= MISSED_COUNT_CAP else ''} ticks from this one to "
+                   f"tick {format_tick(tick)} (not included): no daemon claimed them in time "
+                   "(every conchd down, or etcd unreachable)")  # fmt: skip
+        return [
+            (t, RunRecord(
+                tick=format_tick(t), status=RunStatus.MISSED, daemon=self.daemon_id,
+                host=self.host, claim=self.claim_id, claimed=now, reason=why,
+                count=1 if len(ticks) == count else count,
+            ))
+            for t in ticks
+        ]  # fmt: skip
+
+    def _record_missed(self, gaps: list[tuple[Job, list[tuple[Tick, RunRecord]]]]) -> None:
+        """Write the `missed` records of the gaps found by this batch's claims (once: each
+        gap is found by the one claim that moved the mark past it)."""
+        for i in range(0, len(gaps), CLAIMS_PER_TXN):
+            chunk = gaps[i : i + CLAIMS_PER_TXN]
+            try:
+                store.record_missed(self.client, self.prefix,
+                                    [(job.name, recs) for job, recs in chunk],
+                                    timeout=CLAIM_TIMEOUT)  # fmt: skip
+            except EtcdClusterChanged:
+                raise
+            except EtcdError as e:  # the claims committed; the gaps stay unrecorded
+                log.warning("could not record the missed ticks of %d job(s): %s", len(chunk), e)
+                continue
+            for job, recs in chunk:
+                n = sum(r.count for _, r in recs)
+                log.warning("job %r: %d tick(s) from %s missed: no daemon claimed them in time",
+                            job.name, n, recs[0][1].tick)  # fmt: skip
+                self.metrics.missed(job.name, n)
+                self._on_recorded(job)
 
     def _resolve_unsure(self, st: JobState) -> None:
         """A claim whose answer was lost may have committed: if it did, the tick is this
@@ -244,12 +308,14 @@ class Claimer:
         if result is not None:
             self.metrics.claim(job.name, result)
         if c.outcome is ClaimOutcome.WON:
+            if c.record is not None and c.record.manual:
+                self.metrics.manual(job.name)
             self._start_run(job, tick, c, lease)
         elif c.outcome is ClaimOutcome.SKIPPED:
             self.metrics.run(job.name, RunStatus.SKIPPED)
             reason = c.record.reason if c.record else ""
             log.info("%s: skipped: %s (--overlap forbid)", label, reason)
-            self._on_skipped(job)
+            self._on_recorded(job)
         elif c.outcome is ClaimOutcome.GONE:
             log.debug("%s: `cron run` request gone (withdrawn or expired)", label)
         elif c.outcome is ClaimOutcome.TAKEN:

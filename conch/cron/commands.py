@@ -57,6 +57,7 @@ def cron(**_: Any) -> None:
     \b
     conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
                    [--overlap forbid|allow] [--history N] [--retries N] [--retry-delay D]
+                   [--starting-deadline D]
                    [--on KEY=VALUE]... [--replace] -- CMD [ARG...]
     conch cron ls [--json]
     conch cron run NAME [--wait] [--timeout D]
@@ -123,6 +124,11 @@ def cron(**_: Any) -> None:
     help="before the first retry; doubling after each",
 )
 @click.option(
+    "--starting-deadline",
+    metavar="D",
+    help="a tick not started within D of its time is recorded missed, not run [default: none]",
+)
+@click.option(
     "--on",
     "on",
     multiple=True,
@@ -144,6 +150,7 @@ def cron_add(
     history: int,
     retries: int,
     retry_delay: str,
+    starting_deadline: str | None,
     on: tuple[str, ...],
     replace: bool,
     **kw: Any,
@@ -173,6 +180,11 @@ def cron_add(
     t = None if timeout is None else options.duration(timeout, "--timeout", allow_zero=False)
     k = options.duration(kill_after, "--kill-after")
     delay = options.duration(retry_delay, "--retry-delay")
+    deadline = (
+        None
+        if starting_deadline is None
+        else options.duration(starting_deadline, "--starting-deadline", allow_zero=False)
+    )
     try:
         wanted = model.labels_of(on, "--on")
     except ValueError as e:
@@ -191,6 +203,7 @@ def cron_add(
         on=wanted,
         retries=retries,
         retry_delay=delay,
+        starting_deadline=deadline,
     )
     try:
         model.check_definition_size(job)

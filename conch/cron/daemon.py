@@ -85,7 +85,7 @@ class Daemon:
         )
         self.claimer = Claimer(
             client, prefix, daemon_id, self.host, metrics, self.time,
-            start_run=self._start_run, on_skipped=self.housekeeper.request,
+            start_run=self._start_run, on_recorded=self.housekeeper.request,
         )  # fmt: skip
         self.guard = GroupGuard()  # one watchdog for every run's process group
         self.launcher = Launcher()  # starts won ticks in claim order
@@ -363,9 +363,9 @@ class Daemon:
             t = min(t, st.wake_at() - now)
         wall = time.time()
         for name, pending in self.requests.items():
-            st = self.jobs.get(name)
-            if st is not None:
-                delay = st.rank * SHARE_GRACE
+            job = self.jobs.get(name)
+            if job is not None:
+                delay = job.rank * SHARE_GRACE
                 t = min(t, *(seen + delay - wall for seen in pending.values()))
         return max(t, 0.0)
 

@@ -41,6 +41,8 @@ def run_doc(tick: Tick, rec: RunRecord, alive: bool) -> dict[str, Any]:
         "attempt": rec.attempt,  # --retries: which attempt this record is (1-based)
         "attempts": rec.attempts,  # the earlier attempts, oldest first
         "manual": rec.manual,  # a `cron run`
+        "count": rec.count,  # the ticks it stands for: a `missed` gap's, from `tick` on
+        "reason": rec.reason or None,  # why skipped, missed, or failed without running
     }
 
 
@@ -82,6 +84,7 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "retries": job.retries if job else None,
             "retry_delay": job.retry_delay if job else None,
             "on": dict(job.on) if job else {},  # labels a daemon needs to claim it
+            "starting_deadline": job.starting_deadline if job else None,
         }
 
 
@@ -93,7 +96,7 @@ def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> li
     header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST (NEWEST FIRST)", "COMMAND")
     rows = [header]
     for j in doc:
-        results = " ".join(r["status"] for r in j["runs"][:last]) or "-"
+        results = " ".join(_status_cell(r) for r in j["runs"][:last]) or "-"
         if len(j["runs"]) > last:
             results += " ..."
         rows.append(
@@ -111,6 +114,19 @@ def format_table(doc: Iterable[dict[str, Any]], last: int = LAST_IN_TABLE) -> li
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     ]
+
+
+def _deadline_cell(doc: dict[str, Any]) -> str:
+    d = doc.get("starting_deadline")
+    return f", starting-deadline {d:g}s" if d else ""
+
+
+def _status_cell(r: dict[str, Any]) -> str:
+    """A run's status, `missed*N` for a gap of N ticks, `+manual` for a `cron run`."""
+    cell = str(r["status"])
+    if r.get("count", 1) > 1:
+        cell += f"*{r['count']}"
+    return cell + ("+manual" if r.get("manual") else "")
 
 
 def _schedule_cell(j: dict[str, Any]) -> str:
@@ -144,7 +160,7 @@ def format_show(doc: dict[str, Any]) -> list[str]:
         f"schedule:   {_schedule_cell(doc)}" + (f" ({doc['tz']})" if doc["tz"] else ""),
         f"command:    {cmd}",
         f"timeout:    {seconds(doc['timeout'])}, kill-after {seconds(doc['kill_after'])}, "
-        f"overlap {doc['overlap'] or '?'}, history {doc['history'] or '?'}",
+        f"overlap {doc['overlap'] or '?'}, history {doc['history'] or '?'}" + _deadline_cell(doc),
         "next tick:  " + ("suspended" if doc["suspended"] else doc["next_tick"] or "-"),
     ]
     if doc["on"]:
@@ -155,7 +171,7 @@ def format_show(doc: dict[str, Any]) -> list[str]:
     rows = [("TICK", "STATUS", "EXIT", "DURATION", "DAEMON", "HOST", "STARTED")]
     for r in doc["runs"]:
         rows.append((
-            r["tick"], r["status"], "-" if r["exit_code"] is None else str(r["exit_code"]),
+            r["tick"], _status_cell(r), "-" if r["exit_code"] is None else str(r["exit_code"]),
             "-" if r["duration"] is None else f"{r['duration']:.3f}s", r["daemon"] or "-",
             r["host"] or "-", r["started"] or "-",
         ))  # fmt: skip
@@ -184,7 +200,10 @@ def format_logs(name: str, doc: list[dict[str, Any]]) -> list[str]:
         took = "" if r["duration"] is None else f", {r['duration']:.3f}s"
         where = f", daemon {r['daemon'] or '?'} on {r['host'] or '?'}"
         attempt = f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""
-        out.append(f"== {name} tick {r['tick']}: {r['status']}{code}{took}{attempt}{where} ==")
+        unrun = r["status"] in ("skipped", "missed")
+        why = f" ({r['reason']})" if r.get("reason") and unrun else ""
+        out.append(f"== {name} tick {r['tick']}: {_status_cell(r)}{why}{code}{took}{attempt}"
+                   f"{where} ==")  # fmt: skip
         out += r["output"].splitlines()
     return out
 

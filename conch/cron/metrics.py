@@ -44,6 +44,9 @@ class NoMetrics:
     def running(self, delta: int) -> None: ...
     def session(self, up: bool) -> None: ...
     def clock_offset(self, seconds: float) -> None: ...
+    def missed(self, job: str, ticks: int) -> None: ...
+    def manual(self, job: str) -> None: ...
+    def retry(self, job: str) -> None: ...
 
 
 class Metrics(NoMetrics):
@@ -62,7 +65,8 @@ class Metrics(NoMetrics):
         self._runs = pc.Counter(
             "conchd_runs",
             "Ticks this daemon won, by outcome: ok, failed (non-zero exit, timeout, cannot "
-            "run) or skipped (--overlap forbid and the previous run still alive)",
+            "run), skipped (--overlap forbid and the previous run still alive) or missed "
+            "(not started within --starting-deadline)",
             ["job", "outcome"],
         )
         self._lag = pc.Histogram(
@@ -85,6 +89,18 @@ class Metrics(NoMetrics):
             "conchd_clock_offset_seconds",
             "This host's wall clock minus the other daemons' (median; from their heartbeats). "
             "Beyond 1 s in either direction the daemon schedules by their time",
+        )
+        self._missed = pc.Counter(
+            "conchd_missed_ticks",
+            "Ticks no daemon claimed in time (every conchd down, etcd unreachable), recorded "
+            "`missed` by this daemon",
+            ["job"],
+        )
+        self._manual = pc.Counter(
+            "conchd_manual_runs", "`conch cron run` requests this daemon claimed", ["job"]
+        )
+        self._retries = pc.Counter(
+            "conchd_retries", "Attempts after the first (--retries) this daemon started", ["job"]
         )
         try:
             pc.start_http_server(port, addr=host)
@@ -110,3 +126,12 @@ class Metrics(NoMetrics):
 
     def clock_offset(self, seconds: float) -> None:
         self._clock_offset.set(seconds)
+
+    def missed(self, job: str, ticks: int) -> None:
+        self._missed.labels(job=job).inc(ticks)
+
+    def manual(self, job: str) -> None:
+        self._manual.labels(job=job).inc()
+
+    def retry(self, job: str) -> None:
+        self._retries.labels(job=job).inc()

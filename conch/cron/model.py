@@ -21,6 +21,8 @@ HISTORY = 20  # run records kept per job by default (the newest; alive runs are 
 MAX_RETRIES = 100  # the most `cron add --retries` takes
 RETRY_DELAY = 10.0  # `--retry-delay` by default (SPEC)
 MAX_RETRY_WAIT = 3600.0  # a doubled retry delay stops growing here
+MISSED_RECORDS = 100  # a gap of missed ticks gets a record each up to this (and --history)
+MISSED_COUNT_CAP = 100_000  # ticks of a gap counted at most (cron expressions: ~69 days)
 MAX_HISTORY = 1000  # the most `cron add --history` takes (~350 bytes a record, + 4 KiB output)
 TAIL_BYTES = 4096  # output tail stored in a run record
 # Largest job definition (JSON) `cron add` stores: well under etcd's default request limit
@@ -163,6 +165,11 @@ class Job:
     on: Labels = ()  # only daemons with these labels claim it (--on KEY=VALUE)
     retries: int = 0  # a failed or timed-out run is run again this many more times at most
     retry_delay: float = RETRY_DELAY  # before the first retry; doubling after each
+    # a tick not started within this many seconds of its time is recorded missed, not run
+    starting_deadline: float | None = None
+    # when `cron add` (or --replace, or `cron resume`) wrote it: the tick its low-water mark
+    # was set to; a daemon seeing it within a moment schedules from there (conch.cron.scheduler)
+    since: Tick = 0
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -216,6 +223,11 @@ class Job:
             retry_delay=rd
             if (rd := _as_float(d.get("retry_delay"))) is not None and 0 <= rd <= MAX_JOB_SECONDS
             else RETRY_DELAY,
+            starting_deadline=sd
+            if (sd := _as_float(d.get("starting_deadline"))) is not None
+            and 0 < sd <= MAX_JOB_SECONDS
+            else None,
+            since=t if (t := _as_int(d.get("since"))) and t > 0 else 0,
         )
 
 
@@ -250,6 +262,7 @@ class RunRecord:
     attempt: int = 1  # which attempt this is (--retries; CONCH_ATTEMPT)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # the earlier ones, oldest first
     manual: bool = False  # a `cron run`: its tick is the request's time, not a schedule's
+    count: int = 1  # the ticks a record stands for: a `missed` gap's, from `tick` on
     # the tail of the child's stdout+stderr: stored under a key of its own (conch.keys
     # .cron_output_key), not in the record, so that listing runs never reads outputs; a record
     # written by an older conch may still hold it (read back by store.job_view)
@@ -289,6 +302,7 @@ class RunRecord:
             if isinstance(d.get("attempts"), list)
             else [],
             manual=d.get("manual") is True,
+            count=c if (c := _as_int(d.get("count"))) and c > 0 else 1,
             output=_as_str(d.get("output")) or "",
         )
 

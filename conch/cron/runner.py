@@ -89,6 +89,13 @@ class Run:
         a run that cannot start is recorded as failed."""
         if self.attempt == 1:
             self.ctx.metrics.running(+1)
+            if self.job.starting_deadline is not None:
+                late = time.time() - self.tick / 1e6
+                if late > self.job.starting_deadline:
+                    self._missed(late)
+                    return
+        else:
+            self.ctx.metrics.retry(self.job.name)
         try:
             child, out_r, rec, m0 = self._start()
             if child is not None:
@@ -104,6 +111,16 @@ class Run:
             self.finished(False)
             return
         self.ctx.results.put(self, rec)
+
+    def _missed(self, late: float) -> None:
+        """Not started within --starting-deadline of its tick: recorded missed, not run."""
+        why = (f"not started within --starting-deadline {self.job.starting_deadline:g}s of its "
+               f"tick ({late:.3f}s late)")  # fmt: skip
+        log.warning("%s: missed: %s", self.label, why)
+        self.ctx.metrics.run(self.job.name, RunStatus.MISSED)
+        now = rfc3339(time.time())
+        self.ctx.results.put(self, replace(self.record, status=RunStatus.MISSED, started=None,
+                                           finished=now, rev=self.rev, reason=why))  # fmt: skip
 
     def finished(self, recorded: bool) -> None:
         """The result writer's report: the record is written (or given up)."""

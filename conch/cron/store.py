@@ -25,6 +25,7 @@ moving the mark: its tick (the request's time) is never one of the schedule's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -75,30 +76,29 @@ def host_record(cmd: Sequence[str], name: str, schedule: str, tz: str, **kw: Any
 
 def add_job(client: Client, prefix: str, job: Job, replace: bool, now_tick: Tick) -> int:
     """Store the definition. Without `replace`, only if NAME has none (else JobExists).
-    A new job's low-water mark becomes `now_tick` (the adder's clock) — or stays where it is if
-    a mark left by a removed job of the same name is ahead of that (ticks a daemon with a fast
-    clock already ran): no daemon, whatever its clock, claims a tick from before the job
-    existed or one that already ran. Safe to retry: a retried add that finds exactly what it
-    wrote succeeded. Returns the revision written."""
+    The job's low-water mark becomes `now_tick` (the adder's clock) — or stays where it is if
+    it is ahead of that (ticks a daemon with a fast clock already ran, or a removed job of the
+    same name ran): no daemon, whatever its clock, claims a tick from before the job (or its
+    new definition) existed or one that already ran. The definition's `since` is `now_tick`.
+    Safe to retry: a retried add that finds exactly what it wrote succeeded. Returns the
+    revision written."""
     key, mark = keys.cron_job_key(prefix, job.name), keys.cron_mark_key(prefix, job.name)
-    value = job.to_json()
+    value = dataclasses.replace(job, since=now_tick).to_json()
     now_token = keys.tick_token(now_tick).encode()
     while True:
         old_mark, _ = client.get(mark)
         mark_value = max(now_token, old_mark.value) if old_mark is not None else now_token
-        mark_guard = Compare(mark, "mod", "==", old_mark.mod_revision if old_mark else 0)
+        guards = [Compare(mark, "mod", "==", old_mark.mod_revision if old_mark else 0)]
+        if not replace:
+            guards.insert(0, Compare(key, "create", "==", 0))
         res = client.txn(
-            [Compare(key, "create", "==", 0), mark_guard],
-            [Op("put", key, value), Op("put", mark, mark_value)],
-            [Op("get", key)],
+            guards, [Op("put", key, value), Op("put", mark, mark_value)], [Op("get", key)]
         )
         if res.succeeded:
             return res.revision
         got = res.responses[0] or []
-        if not got:
+        if replace or not got:
             continue  # the mark moved meanwhile (a daemon claimed): read it again
-        if replace:
-            return client.put(key, value)
         if got[0].value == value:  # our own write, whose answer was lost and retried
             return got[0].mod_revision
         raise JobExists(job.name)
@@ -165,7 +165,8 @@ def set_suspended(
         if job.suspended == suspended:
             return Suspension.ALREADY
         guards = [Compare(key, "mod", "==", kv.mod_revision)]
-        ops = [Op("put", key, replace(job, suspended=suspended).to_json())]
+        changed = replace(job, suspended=suspended, since=job.since if suspended else now_tick)
+        ops = [Op("put", key, changed.to_json())]
         if not suspended:
             old_mark, _ = client.get(mark)
             if old_mark is None or old_mark.value < now_token:
@@ -441,6 +442,11 @@ class Claim:
     revision: int = 0  # the claim revision: CONCH_REV, and the running record's mod revision
     record: RunRecord | None = None
     mark: Tick | None = None  # BEHIND: the job's low-water mark
+    # WON / SKIPPED (scheduled ticks): the mark this claim moved on from — the newest tick
+    # claimed before it (or when the job was added or resumed); None: no mark (every tick
+    # passed) or a manual run's claim. Ticks of the schedule between it and this one were
+    # never claimed by anyone: `missed` (conch.cron.claimer)
+    prior_mark: Tick | None = None
 
 
 def _own(stored: RunRecord, revision: int) -> Claim:
@@ -585,7 +591,7 @@ def _claim_txn(prefix: str, w: ClaimRequest, rec: RunRecord, lease: int) -> SubT
             Compare(job_key, "mod", "==", w.job_rev),
             Compare(mark_key, "value", "<", token),
         ],
-        [Op("put", mark_key, token), *ops],
+        [Op("get", mark_key), Op("put", mark_key, token), *ops],  # the get: the prior mark
         [Op("get", run_key), Op("get", job_key, keys_only=True), Op("get", mark_key)],
     )
 
@@ -594,11 +600,15 @@ def _won_claim(
     prefix: str, w: ClaimRequest, rec: RunRecord, responses: list[Any], revision: int
 ) -> Claim:
     """A claim that committed: WON, or SKIPPED when its forbid check found a run alive (the
-    record returned names that run's tick, for the log). (The forbid check is the second op
-    of either form: after the mark's put, or the request's delete.)"""
-    inner = responses[1] if w.job.overlap == "forbid" else None
+    record returned names that run's tick, for the log). (The forbid check follows the mark's
+    get and put, or the request's delete.)"""
+    prior = None
+    if not w.manual:
+        mark_kvs = responses[0] or []
+        prior = _mark_tick(mark_kvs[0].value) if mark_kvs else None
+    inner = responses[1 if w.manual else 2] if w.job.overlap == "forbid" else None
     if inner is None or inner.succeeded:
-        return Claim(ClaimOutcome.WON, revision, rec)
+        return Claim(ClaimOutcome.WON, revision, rec, prior_mark=prior)
     busy = []
     alive_dir = keys.cron_alive_dir(prefix, w.job.name)
     for kv in inner.responses[1] or []:
@@ -608,7 +618,7 @@ def _won_claim(
     if busy:
         skipped = replace(skipped, reason=f"previous run (tick {format_tick(max(busy))}) "
                                           "still running")  # fmt: skip
-    return Claim(ClaimOutcome.SKIPPED, revision, skipped)
+    return Claim(ClaimOutcome.SKIPPED, revision, skipped, prior_mark=prior)
 
 
 def _failed_claim(w: ClaimRequest, responses: list[Any], claim_id: str) -> Claim | None:
@@ -641,6 +651,27 @@ def _mark_tick(value: bytes) -> Tick | None:
         return keys.cron_tick(value)
     except ValueError:
         return None
+
+
+def record_missed(
+    client: Client,
+    prefix: str,
+    missed: Sequence[tuple[str, Sequence[tuple[Tick, RunRecord]]]],
+    timeout: float | None = None,
+) -> None:
+    """Write `missed` records — (job name, its (tick, record) pairs: ticks nobody claimed) —
+    each job's in a nested transaction guarded on its first record's key being absent (so
+    written once). At most CLAIMS_PER_TXN jobs, and MISSED_RECORDS records a job."""
+    subs = []
+    for name, recs in missed:
+        run_keys = [keys.cron_run_key(prefix, name, tick) for tick, _ in recs]
+        subs.append(
+            SubTxn(
+                [Compare(run_keys[0], "create", "==", 0)],
+                [Op("put", k, r.to_json()) for k, (_, r) in zip(run_keys, recs, strict=True)],
+            )
+        )
+    client.txn([], subs, timeout=timeout)
 
 
 def claimed_ticks(

@@ -186,3 +186,42 @@ def test_wake_at_follows_every_change_of_the_due_tick(moves: list[int], retry_at
         s.due = T0 + timedelta(milliseconds=m)
         assert s.wake_at() == max(s.due.timestamp(), retry_at)
         assert s.wake_at() == max(s.due.timestamp(), retry_at)  # from the cache
+
+
+# -- missed ticks ------------------------------------------------------------------------------
+
+
+def test_missed_ticks_are_those_strictly_between_the_prior_mark_and_the_claim() -> None:
+    from conch.cron.scheduler import missed_ticks
+
+    t0 = tick_of(T0)
+    assert missed_ticks(every(1), t0, t0 + 1_000_000, 10) == ([], 0)
+    assert missed_ticks(every(1), t0, t0 + 5_000_000, 10) == (
+        [t0 + k * 1_000_000 for k in range(1, 5)], 4)  # fmt: skip
+    # over `most`: only the first, and the count
+    assert missed_ticks(every(1), t0, t0 + 5_000_000, 2) == ([t0 + 1_000_000], 4)
+    # a mark that is no tick (an add, a resume): from the first tick after it
+    minute = Schedule.parse("* * * * *")
+    assert missed_ticks(minute, t0 + 500_000, t0 + 180_000_000, 10) == (
+        [t0 + 60_000_000, t0 + 120_000_000], 2)  # fmt: skip
+
+
+@given(st.integers(0, 10**7), st.integers(1, 10**8), st.sampled_from(["@every 7s", "*/5 * * * *"]))
+def test_count_between_is_the_number_of_ticks_between(start: int, span: int, spec: str) -> None:
+    s = Schedule.parse(spec)
+    a = T0 + timedelta(microseconds=start)
+    b = a + timedelta(microseconds=span * 10)
+    assert s.count_between(a, b, 10**6) == len(s.ticks_between(a, b))
+    assert s.ticks_between(a, b, limit=3) == s.ticks_between(a, b)[:3]
+
+
+def test_a_job_added_a_moment_ago_is_scheduled_from_its_add() -> None:
+    from dataclasses import replace
+
+    added = T0 - timedelta(milliseconds=300)  # the add, just before a tick a daemon now sees
+    j = replace(job("@every 1s"), since=tick_of(added))
+    st_ = JobState.start(j, 1, T0 + timedelta(milliseconds=200))
+    assert st_.due == T0 and st_.floor == added
+    # long ago (a daemon starting): from now
+    st_ = JobState.start(j, 1, T0 + 10 * SEC)
+    assert st_.due == T0 + 11 * SEC and st_.floor == T0 + 10 * SEC
