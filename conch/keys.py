@@ -91,6 +91,7 @@ def prefix_range_end(prefix: bytes) -> bytes:
 #     {prefix}cron/alive/{enc(NAME)}/{tick}         "the run is alive": on the winner's lease
 #     {prefix}cron/requests/{enc(NAME)}/{tick}      a `cron run` request, on the requester's
 #                                                   lease; deleted by the claim of its run
+#     {prefix}cron/hooks/{enc(NAME)}/{tick}         the claim of a run's --on-failure hook
 #
 # {tick} is the tick's Unix time in whole seconds, zero-padded to 12 digits, followed by
 # `.ffffff` (microseconds, trailing zeros removed) only when the tick is not on a whole second:
@@ -144,6 +145,16 @@ def cron_output_dir(prefix: str, name: str) -> bytes:
     """The range holding the output tails of job NAME's runs (ends with '/'): apart from the
     run records, so that listing runs never reads outputs."""
     return cron_dir(prefix) + b"output/" + encode_name(name).encode() + b"/"
+
+
+def cron_hooks_dir(prefix: str, name: str) -> bytes:
+    """The range holding the claims of job NAME's --on-failure hooks, one per run (ends with
+    '/'): whoever creates a run's key runs its hook."""
+    return cron_dir(prefix) + b"hooks/" + encode_name(name).encode() + b"/"
+
+
+def cron_hook_key(prefix: str, name: str, tick: int) -> bytes:
+    return cron_hooks_dir(prefix, name) + tick_token(tick).encode()
 
 
 def cron_daemons_dir(prefix: str) -> bytes:

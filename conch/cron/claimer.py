@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -262,8 +262,7 @@ class Claimer:
     def _record_missed(self, gaps: list[tuple[Job, list[tuple[Tick, RunRecord]]]]) -> None:
         """Write the `missed` records of the gaps found by this batch's claims (once: each
         gap is found by the one claim that moved the mark past it)."""
-        for i in range(0, len(gaps), CLAIMS_PER_TXN):
-            chunk = gaps[i : i + CLAIMS_PER_TXN]
+        for chunk in _txn_chunks(gaps):
             try:
                 store.record_missed(self.client, self.prefix,
                                     [(job.name, recs) for job, recs in chunk],
@@ -326,3 +325,21 @@ class Claimer:
                       label, mark)  # fmt: skip
         else:
             log.debug("%s: not claimed: the job changed or was removed meanwhile", label)
+
+
+def _txn_chunks(
+    gaps: list[tuple[Job, list[tuple[Tick, RunRecord]]]],
+) -> Iterator[list[tuple[Job, list[tuple[Tick, RunRecord]]]]]:
+    """The gaps, as many to a transaction as etcd takes: N nested txns of up to K puts each
+    need N + K <= 128 (conch.client.SubTxn)."""
+    chunk: list[tuple[Job, list[tuple[Tick, RunRecord]]]] = []
+    widest = 0
+    for gap in gaps:
+        w = max(widest, len(gap[1]))
+        if chunk and len(chunk) + 1 + w > 127:
+            yield chunk
+            chunk, w = [], len(gap[1])
+        chunk.append(gap)
+        widest = w
+    if chunk:
+        yield chunk

@@ -57,7 +57,7 @@ def cron(**_: Any) -> None:
     \b
     conch cron add NAME --schedule SPEC [--tz ZONE] [--timeout D] [--kill-after D]
                    [--overlap forbid|allow] [--history N] [--retries N] [--retry-delay D]
-                   [--starting-deadline D]
+                   [--starting-deadline D] [--on-failure CMD]
                    [--on KEY=VALUE]... [--replace] -- CMD [ARG...]
     conch cron ls [--json]
     conch cron run NAME [--wait] [--timeout D]
@@ -129,6 +129,11 @@ def cron(**_: Any) -> None:
     help="a tick not started within D of its time is recorded missed, not run [default: none]",
 )
 @click.option(
+    "--on-failure",
+    metavar="CMD",
+    help="run CMD (/bin/sh -c) once per failed, timed-out or lost run (docs/cron.md)",
+)
+@click.option(
     "--on",
     "on",
     multiple=True,
@@ -151,6 +156,7 @@ def cron_add(
     retries: int,
     retry_delay: str,
     starting_deadline: str | None,
+    on_failure: str | None,
     on: tuple[str, ...],
     replace: bool,
     **kw: Any,
@@ -185,6 +191,8 @@ def cron_add(
         if starting_deadline is None
         else options.duration(starting_deadline, "--starting-deadline", allow_zero=False)
     )
+    if on_failure is not None and (not on_failure.strip() or "\x00" in on_failure):
+        raise UsageError("--on-failure: give a non-empty shell command")
     try:
         wanted = model.labels_of(on, "--on")
     except ValueError as e:
@@ -204,6 +212,7 @@ def cron_add(
         retries=retries,
         retry_delay=delay,
         starting_deadline=deadline,
+        on_failure=on_failure,
     )
     try:
         model.check_definition_size(job)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -30,6 +31,7 @@ from conch.cron.claimer import Claimer, Requests
 from conch.cron.follower import OUTPUT_GRACE, Follower
 from conch.cron.guard import GroupGuard
 from conch.cron.heartbeat import Heartbeat
+from conch.cron.hooks import FailureHooks
 from conch.cron.housekeeper import Housekeeper
 from conch.cron.launcher import Launcher
 from conch.cron.metrics import NoMetrics
@@ -91,11 +93,16 @@ class Daemon:
         self.launcher = Launcher()  # starts won ticks in claim order
         # follows every started child: output, end, --timeout, conchd's stop
         self.follower = Follower(self.stopping, lambda: self.stop_signal)
-        self.results = ResultWriter(client, prefix, self.stopping)  # writes their records
+        env = dict(os.environ)  # conchd's: every child's and hook's starts from it
+        self.hooks = FailureHooks(
+            client, prefix, daemon_id, self.host, metrics,
+            jobs=lambda: [st.job for st in list(self.jobs.values())], env=env,
+        )  # fmt: skip
+        self.results = ResultWriter(client, prefix, self.stopping, self.hooks)  # writes records
         self._launching = True  # until shutdown halts the launcher (under self._lock)
         self._run_context = RunContext(
             metrics, self.stopping, lambda: self.stop_signal, self._run_finished, self.guard,
-            self.follower, self.results, self._retry_later,
+            self.follower, self.results, self._retry_later, env,
         )  # fmt: skip
 
     # -- signals ---------------------------------------------------------------------------
@@ -138,6 +145,7 @@ class Daemon:
         self.launcher.start()
         self.follower.start()
         self.results.start()
+        self.hooks.start()
         while not self.stopping.is_set():
             try:
                 ok = self._step()
@@ -437,6 +445,7 @@ class Daemon:
         self.follower.halt()
         self.results.halt()  # after every record it was given: written or given up
         self.results.join(RESULT_GRACE + store.CLAIM_TIMEOUT + 1.0)
+        self.hooks.halt(STOP_SPARE)  # after the results: a failed one may have started a hook
         _join_all([self.housekeeper, self.heartbeat], STOP_SPARE)
         self.guard.close()  # kills the groups of runs that did not end in time, if any
         if self.session is not None:

@@ -85,6 +85,7 @@ def list_doc(views: Iterable[JobView], now: datetime) -> Iterator[dict[str, Any]
             "retry_delay": job.retry_delay if job else None,
             "on": dict(job.on) if job else {},  # labels a daemon needs to claim it
             "starting_deadline": job.starting_deadline if job else None,
+            "on_failure": job.on_failure if job else None,
         }
 
 
@@ -163,6 +164,8 @@ def format_show(doc: dict[str, Any]) -> list[str]:
         f"overlap {doc['overlap'] or '?'}, history {doc['history'] or '?'}" + _deadline_cell(doc),
         "next tick:  " + ("suspended" if doc["suspended"] else doc["next_tick"] or "-"),
     ]
+    if doc.get("on_failure"):
+        lines.append(f"on failure: {doc['on_failure']}")
     if doc["on"]:
         lines.append("on:         " + " ".join(f"{k}={v}" for k, v in doc["on"].items()))
     if doc.get("created"):

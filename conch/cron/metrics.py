@@ -47,6 +47,7 @@ class NoMetrics:
     def missed(self, job: str, ticks: int) -> None: ...
     def manual(self, job: str) -> None: ...
     def retry(self, job: str) -> None: ...
+    def hook(self, job: str, ok: bool) -> None: ...
 
 
 class Metrics(NoMetrics):
@@ -102,6 +103,11 @@ class Metrics(NoMetrics):
         self._retries = pc.Counter(
             "conchd_retries", "Attempts after the first (--retries) this daemon started", ["job"]
         )
+        self._hooks = pc.Counter(
+            "conchd_failure_hooks",
+            "--on-failure hooks this daemon ran, by outcome: ok (exit 0) or failed",
+            ["job", "outcome"],
+        )
         try:
             pc.start_http_server(port, addr=host)
         except OSError as e:
@@ -135,3 +141,6 @@ class Metrics(NoMetrics):
 
     def retry(self, job: str) -> None:
         self._retries.labels(job=job).inc()
+
+    def hook(self, job: str, ok: bool) -> None:
+        self._hooks.labels(job=job, outcome="ok" if ok else "failed").inc()

@@ -170,6 +170,7 @@ class Job:
     # when `cron add` (or --replace, or `cron resume`) wrote it: the tick its low-water mark
     # was set to; a daemon seeing it within a moment schedules from there (conch.cron.scheduler)
     since: Tick = 0
+    on_failure: str | None = None  # --on-failure CMD: run with /bin/sh -c (conch.cron.hooks)
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -228,6 +229,7 @@ class Job:
             and 0 < sd <= MAX_JOB_SECONDS
             else None,
             since=t if (t := _as_int(d.get("since"))) and t > 0 else 0,
+            on_failure=_as_str(d.get("on_failure")) or None,
         )
 
 

@@ -1,5 +1,6 @@
 """The result writer: the records of this daemon's finished runs, written to etcd many to a
-transaction (each: the result, and the delete of the run's alive marker; those that end within
+transaction (each: the result, the delete of the run's alive marker, and for a failed run of an
+--on-failure job the claim of its hook, run by conch.cron.hooks; those that end within
 GATHER of each other share one) from one thread, in the order the runs finished. etcd may be
 away for a while: a batch is retried (the same writes: idempotent) until written — when conchd
 is stopping, given up after RESULT_GRACE. Each run hears the outcome through `Run.finished`."""
@@ -17,6 +18,7 @@ from conch.cron import store
 from conch.cron.model import RunRecord
 
 if TYPE_CHECKING:
+    from conch.cron.hooks import FailureHooks
     from conch.cron.runner import Run
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,17 @@ GATHER = 0.05
 
 class ResultWriter(threading.Thread):
     def __init__(
-        self, client: Client, prefix: str, stopping: threading.Event, grace: float = RESULT_GRACE
+        self,
+        client: Client,
+        prefix: str,
+        stopping: threading.Event,
+        hooks: FailureHooks | None = None,
+        grace: float = RESULT_GRACE,
     ) -> None:
         super().__init__(name="results", daemon=True)
         self.client, self.prefix, self.stopping = client, prefix, stopping
+        self.hooks = hooks  # runs the --on-failure hooks a result's transaction claimed (None:
+        #                     claims none)
         self.grace = grace  # when stopping with etcd away: give a result up after this
         self._queue: queue.SimpleQueue[tuple[Run, RunRecord] | None] = queue.SimpleQueue()
 
@@ -76,12 +85,15 @@ class ResultWriter(threading.Thread):
             if give_up is not None:  # stopping: the last attempt ends with the grace
                 timeout = max(0.1, min(timeout, give_up - time.monotonic()))
             try:
-                store.finish_many(
-                    self.client, self.prefix,
-                    [(r.job.name, r.tick, rec) for r, rec in batch], timeout=timeout,
+                hooked = store.finish_many(
+                    self.client, self.prefix, [(r.job, r.tick, rec) for r, rec in batch],
+                    hook_value=self.hooks.claim_value() if self.hooks else b"", timeout=timeout,
                 )  # fmt: skip
                 if warned:
                     log.info("%s: result recorded", what)
+                for (r, rec), claimed in zip(batch, hooked, strict=True):
+                    if claimed and self.hooks is not None:
+                        self.hooks.started_for(r.job, r.tick, rec)
                 return True
             except EtcdClusterChanged as e:
                 log.error("%s: result NOT recorded: %s", what, e)

@@ -363,7 +363,7 @@ def _scan(
         key = kvs[-1].key + b"\0"
 
 
-PRUNES_PER_TXN = 126  # guarded deletes nested in one transaction: 126 + 2 ops <= 128
+PRUNES_PER_TXN = 125  # guarded deletes nested in one transaction: 125 + 3 ops <= 128
 JOBS_PER_PRUNE_READ = 64  # jobs whose keys one read transaction lists: 2 gets each <= 128
 
 
@@ -379,7 +379,7 @@ def prune_histories(client: Client, prefix: str, jobs: Sequence[tuple[str, int]]
     Each delete is guarded by the record's mod revision, so a record rewritten meanwhile (a
     result) stays; the deletes go nested, PRUNES_PER_TXN to a transaction. Returns how many
     were deleted."""
-    doomed: list[tuple[KeyValue, bytes]] = []  # (run record, its output key)
+    doomed: list[tuple[KeyValue, bytes, bytes]] = []  # (run record, its output and hook keys)
     for i in range(0, len(jobs), JOBS_PER_PRUNE_READ):
         chunk = jobs[i : i + JOBS_PER_PRUNE_READ]
         dirs = [(keys.cron_runs_dir(prefix, n), keys.cron_alive_dir(prefix, n)) for n, _ in chunk]
@@ -404,9 +404,9 @@ def prune_histories(client: Client, prefix: str, jobs: Sequence[tuple[str, int]]
                 except ValueError:
                     continue
             name, keep = chunk[k]
-            output_dir = keys.cron_output_dir(prefix, name)
+            out_key, hook_key = keys.cron_output_key, keys.cron_hook_key
             doomed += [
-                (by_tick[t], output_dir + keys.tick_token(t).encode())
+                (by_tick[t], out_key(prefix, name, t), hook_key(prefix, name, t))
                 for t in prune_choice(list(by_tick), alive, keep)
             ]
     deleted = 0
@@ -415,9 +415,9 @@ def prune_histories(client: Client, prefix: str, jobs: Sequence[tuple[str, int]]
         deletes = [
             SubTxn(
                 [Compare(kv.key, "mod", "==", kv.mod_revision)],
-                [Op("delete", kv.key), Op("delete", output_key)],
+                [Op("delete", kv.key), Op("delete", output_key), Op("delete", hook_key)],
             )
-            for kv, output_key in doomed[i : i + PRUNES_PER_TXN]
+            for kv, output_key, hook_key in doomed[i : i + PRUNES_PER_TXN]
         ]
         deleted += sum(r.succeeded for r in client.txn([], deletes).responses)
     return deleted
@@ -724,23 +724,98 @@ def reattach(
     return res.succeeded
 
 
-RESULTS_PER_TXN = 42  # results written in one transaction: 3 ops each <= --max-txn-ops 128
+RESULTS_PER_TXN = 32  # results written in one transaction: 4 ops each <= --max-txn-ops 128
 
 
 def finish_many(
     client: Client,
     prefix: str,
-    results: Sequence[tuple[str, Tick, RunRecord]],
+    results: Sequence[tuple[Job, Tick, RunRecord]],
+    hook_value: bytes = b"",
     timeout: float | None = None,
-) -> int:
-    """Write each result (job name, tick, record): the record, its output under its own key,
-    and the delete of its run's alive marker — all in one transaction (at most
-    RESULTS_PER_TXN results). Returns the revision."""
+) -> list[bool]:
+    """Write each result (job, tick, record): the record, its output under its own key, the
+    delete of its run's alive marker, and — for a failed run of a job with --on-failure — the
+    claim of its hook (created unless there: a hook runs once a run; none without
+    `hook_value`); all in one transaction (at most RESULTS_PER_TXN results). Returns, for
+    each result, whether this call claimed its hook (the caller runs it)."""
     if len(results) > RESULTS_PER_TXN:
         raise ValueError(f"at most {RESULTS_PER_TXN} results in one transaction")
-    ops = []
-    for name, tick, rec in results:
+    ops: list[Op | SubTxn] = []
+    hooked: list[int] = []  # the index in ops of each hook claim, -1: none
+    for job, tick, rec in results:
+        name = job.name
         ops.append(Op("put", keys.cron_run_key(prefix, name, tick), rec.to_json()))
         ops.append(Op("put", keys.cron_output_key(prefix, name, tick), rec.output.encode()))
         ops.append(Op("delete", keys.cron_alive_key(prefix, name, tick)))
-    return client.txn([], ops, timeout=timeout).revision
+        if hook_value and job.on_failure and rec.status == RunStatus.FAILED:
+            hooked.append(len(ops))
+            ops.append(_hook_claim([], prefix, name, tick, hook_value))
+        else:
+            hooked.append(-1)
+    res = client.txn([], ops, timeout=timeout)
+    return [i >= 0 and res.responses[i].succeeded for i in hooked]
+
+
+def _hook_claim(guards: list[Compare], prefix: str, name: str, tick: Tick, value: bytes) -> SubTxn:
+    key = keys.cron_hook_key(prefix, name, tick)
+    return SubTxn([*guards, Compare(key, "create", "==", 0)], [Op("put", key, value)])
+
+
+@dataclass(frozen=True)
+class LostRun:
+    """A run whose record still says running but whose alive marker is gone (its winner's
+    lease expired) and whose --on-failure hook nobody claimed yet."""
+
+    name: str
+    tick: Tick
+    record: RunRecord
+    record_rev: int  # the record's mod revision
+
+
+LOST_JOBS_PER_READ = 42  # jobs whose runs one read transaction lists: 3 gets each <= 128
+
+
+def lost_runs(client: Client, prefix: str, names: Sequence[str]) -> list[LostRun]:
+    """The lost runs of the jobs `names` whose hooks nobody claimed (at most
+    LOST_JOBS_PER_READ jobs: one read)."""
+    gets = []
+    for n in names:
+        for d, only_keys in ((keys.cron_runs_dir(prefix, n), False),
+                             (keys.cron_alive_dir(prefix, n), True),
+                             (keys.cron_hooks_dir(prefix, n), True)):  # fmt: skip
+            gets.append(Op("get", d, range_end=keys.prefix_range_end(d), keys_only=only_keys))
+    res = client.txn([], gets)
+    out = []
+    for k, n in enumerate(names):
+        run_kvs, alive_kvs, hook_kvs = (res.responses[3 * k + j] or [] for j in range(3))
+        settled: set[Tick] = set()
+        for kvs, d in ((alive_kvs, keys.cron_alive_dir(prefix, n)),
+                       (hook_kvs, keys.cron_hooks_dir(prefix, n))):  # fmt: skip
+            for kv in kvs:
+                with contextlib.suppress(ValueError):
+                    settled.add(keys.cron_tick(kv.key, d))
+        runs_dir = keys.cron_runs_dir(prefix, n)
+        for kv in run_kvs:
+            try:
+                tick = keys.cron_tick(kv.key, runs_dir)
+            except ValueError:
+                continue
+            if tick in settled:
+                continue
+            rec = RunRecord.from_json(kv.value)
+            if rec.status == RunStatus.RUNNING:
+                out.append(LostRun(n, tick, rec, kv.mod_revision))
+    return out
+
+
+def claim_lost_hook(client: Client, prefix: str, lost: LostRun, value: bytes) -> bool:
+    """Claim the --on-failure hook of a lost run: only while its record is unchanged and its
+    alive marker absent (the run is still lost), and only if nobody claimed it. True: won."""
+    run_key = keys.cron_run_key(prefix, lost.name, lost.tick)
+    alive_key = keys.cron_alive_key(prefix, lost.name, lost.tick)
+    sub = _hook_claim(
+        [Compare(run_key, "mod", "==", lost.record_rev), Compare(alive_key, "create", "==", 0)],
+        prefix, lost.name, lost.tick, value,
+    )  # fmt: skip
+    return client.txn(list(sub.compare), list(sub.success)).succeeded
