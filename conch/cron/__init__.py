@@ -8,7 +8,9 @@ The recipe (used by `conch cron` and by conchd):
     model.py        pure: Job, RunRecord, RunStatus, ticks (Tick: int µs), status, limits
     listing.py      pure: what `conch cron ls` prints (the JSON document, the table)
     store.py        every etcd operation: definitions, snapshot, pruning, claim, result
-    commands.py     `conch cron add | ls | rm | suspend | resume` (added to conch when asked for)
+    commands.py     `conch cron add | ls | run | show | logs | rm | suspend | resume` (added to
+                    conch when asked for)
+    manual.py       `conch cron run`: a manual run's request, and waiting for its result
 
 The daemon, conchd:
 
@@ -22,6 +24,7 @@ The daemon, conchd:
     follower.py     one thread following every child: output, end, timeout, stop
     guard.py        the daemon's one watchdog, guarding every run's process group
     results.py      writes finished runs' records, many to a transaction
+    hooks.py        --on-failure hooks: claimed once per failed or lost run, and run
     output.py       a run's output: logged by line, its tail kept
     housekeeper.py  history pruning, off the scheduler thread
     heartbeat.py    heartbeats: this host's clock against the other daemons'
