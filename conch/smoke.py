@@ -105,7 +105,7 @@ def basic_steps(env: dict[str, str], tag: str) -> list[tuple[str, Callable[[], s
         (f"conch sema {name} --max 2 --who (exit 1)", sema_who),
         (f"conch sema {name} --max 2: 3 contenders -> 2 hold, 1 waits", sema_two),
         (
-            f"conch cron add {name} --schedule '@every 3s' -- logger ...; ls: one result; rm",
+            f"conch cron add {name} ...; cron run --wait: its output, exit 0; ls: one result; rm",
             cron_once,
         ),
     ]
@@ -262,28 +262,29 @@ def _cron_runs(env: dict[str, str], job: str) -> list[dict[str, object]] | None:
 
 
 def cron_step(env: dict[str, str], name: str, tag: str) -> str:
-    """A job on a conchd of our own (deployed daemons may serve it too): one tick later `cron
-    ls` shows exactly one result; `cron rm` removes it."""
-    cmd = 'command -v logger >/dev/null && logger -t conch-smoke "conch smoke $CONCH_TICK"; :'
+    """A job on a conchd of our own (deployed daemons may serve it too): `cron run --wait`
+    runs it once now, prints its output and exits 0; `cron ls` shows exactly that one result,
+    manual; `cron rm` removes it."""
+    cmd = ('command -v logger >/dev/null && logger -t conch-smoke "conch smoke $CONCH_TICK"; '
+           'echo "conch smoke $CONCH_JOB"')  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         daemons = _Daemons(env, Path(d))
         daemons.start(f"smoke-{tag}", "5s")
-        # a tick due while it still settles would run late, next to the following one
         daemons.wait_claiming(f"smoke-{tag}")
         added = False
         try:
-            _expect(_conch(env, "cron", "add", name, "--schedule", "@every 3s", "--",
+            # a schedule that does not tick during the step: the one run is the manual one
+            _expect(_conch(env, "cron", "add", name, "--schedule", "@yearly", "--",
                            "sh", "-c", cmd), 0)  # fmt: skip
             added = True
-
-            def results() -> list[dict[str, object]]:
-                runs = _cron_runs(env, name) or []
-                return [r for r in runs if r["status"] != "running"]
-
-            _poll(results, 30, "the first result")
+            r = _conch(env, "cron", "run", name, "--wait", "--timeout", "30s")
+            _expect(r, 0)
+            if r.stdout != f"conch smoke {name}\n":
+                raise StepFailed(f"cron run --wait printed {r.stdout!r}")
             runs = _cron_runs(env, name) or []
-            if len(runs) != 1 or runs[0]["status"] != "ok" or runs[0]["exit_code"] != 0:
-                raise StepFailed(f"expected exactly one ok result, got {runs}")
+            if (len(runs) != 1 or runs[0]["status"] != "ok" or runs[0]["exit_code"] != 0
+                    or not runs[0].get("manual")):  # fmt: skip
+                raise StepFailed(f"expected exactly one ok manual result, got {runs}")
             _expect(_conch(env, "cron", "rm", name), 0)
             added = False
             if _cron_runs(env, name) is not None:
@@ -291,7 +292,7 @@ def cron_step(env: dict[str, str], name: str, tag: str) -> str:
             code = daemons.stop(f"smoke-{tag}")
             if code != 128 + signal.SIGTERM:
                 raise StepFailed(f"conchd exited {code} on SIGTERM: {daemons.log(f'smoke-{tag}')}")
-            return f"tick {runs[0]['tick']} ran on {runs[0]['host']} ({runs[0]['daemon']})"
+            return f"run {runs[0]['tick']} ran on {runs[0]['host']} ({runs[0]['daemon']})"
         finally:
             if added:
                 _conch(env, "cron", "rm", name)
