@@ -724,7 +724,9 @@ def reattach(
     return res.succeeded
 
 
-RESULTS_PER_TXN = 32  # results written in one transaction: 4 ops each <= --max-txn-ops 128
+# results written in one transaction: 3 ops each, and a hook claim (a nested txn of 1 guard,
+# 1 put) for a failed run of an --on-failure job: 31 * 4 + 1 <= --max-txn-ops 128 (SubTxn)
+RESULTS_PER_TXN = 31
 
 
 def finish_many(

@@ -4,6 +4,7 @@ daemon, once the loss is visible), never for a run that succeeded."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 
@@ -70,3 +71,21 @@ def test_failure_hook_of_a_killed_winner_runs_once_on_another_daemon(conch, daem
     assert len(ran) == 1, ran
     for d in others:
         no_error(daemons.log(d))
+
+
+def test_a_full_batch_of_failed_results_claims_every_hook_once(client, prefix):
+    """RESULTS_PER_TXN failed results of an --on-failure job in one transaction (each with its
+    nested hook claim) are within etcd's --max-txn-ops; written again, no hook is claimed."""
+    from conch.cron import store
+
+    job = model.Job("j", "@yearly", "UTC", ("false",), on_failure="true")
+    results = [
+        (job, t * 1_000_000, model.RunRecord(tick=model.format_tick(t * 1_000_000),
+                                             status=model.RunStatus.FAILED, daemon="d", host="h",
+                                             claim="c", exit_code=1))
+        for t in range(1, store.RESULTS_PER_TXN + 1)
+    ]  # fmt: skip
+    assert store.finish_many(client, prefix, results, hook_value=b"x") == [True] * len(results)
+    assert store.finish_many(client, prefix, results, hook_value=b"x") == [False] * len(results)
+    ok = [(job, t, dataclasses.replace(r, status=model.RunStatus.OK)) for job, t, r in results]
+    assert store.finish_many(client, prefix, ok, hook_value=b"x") == [False] * len(results)

@@ -37,7 +37,8 @@ a claim belongs to is the newest one added before its revision.
        max(first daemon start + start_settle, added + add_settle) <= mono(t)
        mono(t) <= min(removed - rm_lead, horizon - end_margin)
 
-   ran (a child started for it) or has a run record (skipped, lost, ...: claimed exactly once),
+   ran (a child started for it) or has a run record (skipped, lost, missed, ...: claimed
+   exactly once; a `missed` record with a count stands for that many ticks from its own),
    unless it is excused:
 
    * an etcd fault (member killed, member paused, quorum lost) excuses the ticks with
@@ -86,14 +87,15 @@ a claim belongs to is the newest one added before its revision.
      claim whose answer was lost runs late, possibly after the next tick's run started.)
 
 4. fencing — within one incarnation, CONCH_REV (and the claim revision of ticks that did not
-   run) strictly increases with the tick; a child's CONCH_REV is the revision at which its
+   run; not `missed` records, which the claim of a later tick writes after it) strictly
+   increases with the tick; a child's CONCH_REV is the revision at which its
    daemon's claim created the tick's run key.
 
 5. listing — what conch shows agrees with what the children did:
    * every state a record showed: `ok`/`failed` only for a tick a child ran, with that child's
      exit code when it wrote one (a killed child: 128 + the signal), `ok` iff code 0 and not
-     timed out; `skipped` only for a tick no child ran; the record names the daemon that ran
-     the child;
+     timed out; `skipped` and `missed` only for a tick no child ran; the record names the
+     daemon that ran the child;
    * a result is written: a child that ended while its daemon life lived on must not still be
      `running`/`lost` at the last observation, ``result_grace`` after its end;
    * the final `cron ls --json` (bounded by history: the newest 20 runs per job): `running`
@@ -225,9 +227,10 @@ class Shown:
     """One status of a run record, as `cron ls` derives it, from its first observation."""
 
     at: float
-    status: str  # running | lost | ok | failed | skipped
+    status: str  # running | lost | ok | failed | skipped | missed
     exit_code: int | None = None
     timed_out: bool = False
+    count: int = 1  # missed: the ticks the record stands for, from its own on
 
 
 @dataclass(frozen=True)
@@ -721,12 +724,13 @@ def _rule_accounted(
     early = early_claims(ctx)
     ran = recorded = excused = 0
     windows_of: dict[float, list[tuple[float, float, int | None]]] = {}
+    gaps = _gap_ticks(ctx)
     for inc, tick in expected:
         job = ctx.job(inc.job)
         if ctx.runs_of.get((job.name, tick)):
             ran += 1
             continue
-        if ctx.records_of.get((job.name, tick)):
+        if ctx.records_of.get((job.name, tick)) or (job.name, tick) in gaps:
             recorded += 1
             continue
         if job.every not in windows_of:
@@ -767,6 +771,17 @@ def _rule_accounted(
     out += _claims_never_run(ctx)
     out += _early_starts(ctx)
     return out, (len(expected), ran, recorded, excused)
+
+
+def _gap_ticks(ctx: _Context) -> set[tuple[str, float]]:
+    """(job, tick) of the ticks a `missed` record of a gap stands for after its own (count)."""
+    out = set()
+    for rec in ctx.records:
+        shown = rec.final
+        if shown.status == "missed" and shown.count > 1 and rec.job in ctx.jobs:
+            every = ctx.job(rec.job).every
+            out.update((rec.job, rec.tick + k * every) for k in range(1, shown.count))
+    return out
 
 
 def _early_starts(ctx: _Context) -> list[Violation]:
@@ -919,6 +934,8 @@ def _rule_fencing(ctx: _Context) -> list[Violation]:
                 )
             )
     for job, tick, _claim, recs, rs in ctx.claims():
+        if not rs and recs and all(x.final.status == "missed" for x in recs):
+            continue  # not a claim: written by the claim of a later tick, after it
         rev = ctx.claim_rev(recs[0]) if recs else rs[0].rev
         at = min([r.start for r in rs] + [x.first_seen for x in recs])
         inc = ctx.incarnation_of(job, rev, at)
@@ -970,8 +987,8 @@ def _rule_listing(ctx: _Context, listing: Listing | None) -> list[Violation]:
                     why = f"shows {s.status} for exit code {s.exit_code}"
                 elif s.timed_out and (job is None or job.timeout is None):
                     why = "shows timed out for a job without --timeout"
-            elif s.status == "skipped" and rs:
-                why = "shows skipped, but a child ran for it"
+            elif s.status in ("skipped", "missed") and rs:
+                why = f"shows {s.status}, but a child ran for it"
             if why and why not in seen_bad:
                 seen_bad.add(why)
                 out.append(Violation("listing", f"record of job {rec.job}: {why}", rs, [rec]))
@@ -1073,9 +1090,9 @@ def _check_listing(ctx: _Context, listing: Listing) -> list[Violation]:
                     why = f"shows exit code {code}, the child's was {r.code} ({r.how})"
                 elif (status == "ok") != (code == 0 and not row.get("timed_out")):
                     why = f"shows {status} for exit code {code}"
-            elif status == "skipped":
+            elif status in ("skipped", "missed"):
                 if r is not None:
-                    why = "shows skipped, but a child ran for it"
+                    why = f"shows {status}, but a child ran for it"
             else:
                 why = f"unknown status {status!r}"
             if why is None and r is not None:

@@ -436,7 +436,7 @@ def derive(stored: str, alive: bool) -> str:
     """What `cron ls` shows for a record (docs/cron.md, "Status of a run")."""
     if stored == "running":
         return "running" if alive else "lost"
-    return stored if stored in ("ok", "failed", "skipped") else "lost"
+    return stored if stored in ("ok", "failed", "skipped", "missed") else "lost"
 
 
 @dataclass
@@ -518,11 +518,13 @@ class Observer(threading.Thread):
     def _track(self, snap: Snapshot) -> None:
         with self.lock:
             for (job, tick), (crev, rec) in snap.runs.items():
+                count = rec.get("count")
                 shown = Shown(
                     snap.at,
                     derive(str(rec.get("status")), (job, tick) in snap.alive),
                     rec.get("exit_code"),
                     rec.get("timed_out") is True,
+                    count if isinstance(count, int) and count > 1 else 1,
                 )
                 tr = self.tracks.get((job, tick, crev))
                 if tr is None:
