@@ -156,6 +156,9 @@ STOP_DAEMON = "stop_daemon"  # SIGSTOP of a conchd for a while, then SIGCONT
 CLOCK_SKEW = "clock_skew"  # the skewed daemon's wall clock steps to another offset
 LOST_ANSWER = "lost_answer"  # one daemon's proxies blackholed across a tick, then reset
 RM_READD = "rm_readd"  # `conch cron rm NAME` while it runs, then `conch cron add NAME` again
+# an operator's action, scheduled like a fault: `conch cron suspend NAME`, then (its `at`: the
+# suspend returned; its `until`: the resume started) `conch cron resume NAME`
+SUSPEND_RESUME = "suspend_resume"
 
 ALL_FAULTS = (
     KILL_DAEMON,
@@ -183,6 +186,25 @@ class Job:
     overlap: str  # forbid | allow
     timeout: float | None
     kill_after: float  # K
+    retries: int = 0  # --retries: a failed run is run again, up to this many more times
+
+
+@dataclass(frozen=True)
+class ManualCall:
+    """One `conch cron run NAME --wait` of the operator thread: from ``at`` to ``done``, its
+    exit code, the tick its stderr named (None: refused before a request), its last line."""
+
+    job: str
+    at: float
+    done: float
+    code: int
+    tick: float | None
+    message: str
+
+    def describe(self, t0: float = 0.0) -> str:
+        tick = "-" if self.tick is None else fmt_tick(self.tick)
+        return (f"cron run {self.job} --wait [{self.at - t0:.3f} .. {self.done - t0:.3f}] tick "
+                f"{tick} exit {self.code}: {self.message}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,13 +232,16 @@ class Run:
     end: float | None
     how: str = "exit"  # exit (own end record) | vanished (killed) | open
     code: int | None = 0  # from the end record; None if it has none
+    attempt: int = 1  # CONCH_ATTEMPT (--retries)
 
     def describe(self, t0: float = 0.0, wall_offset: float = 0.0) -> str:
         end = "running" if self.end is None else f"{self.end - t0:.3f}"
         code = "" if self.code is None else f" code {self.code}"
         lag = self.start - (self.tick - wall_offset)
         return (
-            f"run {self.job} tick {fmt_tick(self.tick)} rev={self.rev} by {self.daemon}#"
+            f"run {self.job} tick {fmt_tick(self.tick)}"
+            + ("" if self.attempt == 1 else f" attempt {self.attempt}")
+            + f" rev={self.rev} by {self.daemon}#"
             f"{self.life} pid {self.pid} [{self.start - t0:.3f} .. {end}] ({self.how}{code}, "
             f"lag {lag:+.3f}s)"
         )
@@ -421,6 +446,7 @@ def check(
     stderr: dict[str, str],
     params: Params,
     horizon: float,
+    manual: Sequence[ManualCall] = (),
 ) -> Report:
     """Run every rule. `horizon`: when the harness took its last observation before stopping
     the daemons (the final listing); ticks are checked up to it, lives and children to the
@@ -436,6 +462,8 @@ def check(
     v += _rule_listing(ctx, listing)
     v += _rule_stderr(stderr)
     v += _rule_lives(ctx)
+    v += _rule_suspend(ctx)
+    v += _rule_manual(ctx, manual)
     v += _convergence(convergences, faults, stats)
     _figures(ctx, stats)
     lags = [r.start - params.mono(r.tick) for r in runs if r.start <= horizon]
@@ -564,7 +592,7 @@ class _Context:
 def _rule_once(ctx: _Context) -> list[Violation]:
     out = []
     for (job, tick), rs in sorted(ctx.runs_of.items()):
-        if len(rs) > 1:
+        if len(rs) > 1 and not _attempts_ok(ctx, rs):
             out.append(
                 Violation("once", f"tick {fmt_tick(tick)} of job {job} ran {len(rs)} times", rs)
             )
@@ -591,6 +619,24 @@ def _rule_once(ctx: _Context) -> list[Violation]:
                 )
             )
     return out
+
+
+def _attempts_ok(ctx: _Context, rs: Sequence[Run]) -> bool:
+    """Several children of one tick are its attempts (--retries): CONCH_ATTEMPT 1, 2, ... in
+    start order, at most retries + 1, one CONCH_REV (one claim), each started after the one
+    before ended."""
+    job = ctx.jobs.get(rs[0].job)
+    if job is None or len(rs) > job.retries + 1:
+        return False
+    if [r.attempt for r in rs] != list(range(1, len(rs) + 1)) or len({r.rev for r in rs}) != 1:
+        return False
+    return all(a.end is not None and a.end <= b.start + 1e-9 for a, b in itertools.pairwise(rs))
+
+
+def is_manual(job: Job, tick: float) -> bool:
+    """A `cron run` tick: the request's time, never one of the schedule's (@every P: the
+    multiples of P)."""
+    return abs(tick / job.every - round(tick / job.every)) > 1e-9
 
 
 # -- 2. accounted ------------------------------------------------------------------------------
@@ -705,12 +751,15 @@ def expected_ticks(ctx: _Context) -> list[tuple[Incarnation, float]]:
         hi = ctx.horizon - p.end_margin
         if inc.removed is not None:
             hi = min(hi, inc.removed - p.rm_lead)
+        suspended = [(f.at - p.rm_lead, f.until + p.add_settle) for f in ctx.faults
+                     if f.kind == SUSPEND_RESUME and f.job == inc.job]  # fmt: skip
         k = math.ceil((lo + p.wall_offset) / job.every - 1e-9)
         while True:
             tick = k * job.every
             if p.mono(tick) > hi:
                 break
-            out.append((inc, float(tick)))
+            if not any(a < p.mono(tick) <= b for a, b in suspended):
+                out.append((inc, float(tick)))
             k += 1
     return out
 
@@ -866,6 +915,8 @@ def _rule_forbid(ctx: _Context) -> list[Violation]:
         rs = sorted(rs, key=lambda r: r.start)
         for k, new in enumerate(rs):
             for prev in rs[:k]:
+                if prev.tick == new.tick:
+                    continue  # attempts of one run (rule 1 checks they do not overlap)
                 end = math.inf if prev.end is None else prev.end
                 if not new.start < end - 1e-9:
                     continue
@@ -936,6 +987,8 @@ def _rule_fencing(ctx: _Context) -> list[Violation]:
     for job, tick, _claim, recs, rs in ctx.claims():
         if not rs and recs and all(x.final.status == "missed" for x in recs):
             continue  # not a claim: written by the claim of a later tick, after it
+        if job in ctx.jobs and is_manual(ctx.job(job), tick):
+            continue  # a `cron run`: claimed when asked for, whatever the schedule's ticks
         rev = ctx.claim_rev(recs[0]) if recs else rs[0].rev
         at = min([r.start for r in rs] + [x.first_seen for x in recs])
         inc = ctx.incarnation_of(job, rev, at)
@@ -979,9 +1032,10 @@ def _rule_listing(ctx: _Context, listing: Listing | None) -> list[Violation]:
             if s.status in ("ok", "failed"):
                 if not rs:
                     why = f"shows {s.status} but no child ran for it"
-                elif not _code_ok(rs[0], s.exit_code):
+                elif not _code_ok(rs[-1], s.exit_code):  # the last attempt's
                     why = (
-                        f"shows exit code {s.exit_code}, the child's was {rs[0].code} ({rs[0].how})"
+                        f"shows exit code {s.exit_code}, the child's was {rs[-1].code} "
+                        f"({rs[-1].how})"
                     )
                 elif (s.status == "ok") != (s.exit_code == 0 and not s.timed_out):
                     why = f"shows {s.status} for exit code {s.exit_code}"
@@ -1004,7 +1058,7 @@ def _rule_listing(ctx: _Context, listing: Listing | None) -> list[Violation]:
             )
         # the result is written while the daemon lives on
         if rs and rec.final.status in ("running", "lost"):
-            r = rs[0]
+            r = rs[-1]
             life = ctx.life(r.daemon, r.life)
             if (
                 r.end is not None
@@ -1060,7 +1114,7 @@ def _check_listing(ctx: _Context, listing: Listing) -> list[Violation]:
                 rs = ctx.runs_for(max(recs, key=lambda x: x.create_rev))
             status, code = row.get("status"), row.get("exit_code")
             why = None
-            r = rs[0] if rs else None
+            r = rs[-1] if rs else None  # the last attempt
             if status == "running":
                 if r is None:
                     newest = max(recs, key=lambda x: x.first_seen, default=None)
@@ -1208,6 +1262,74 @@ def _rule_lives(ctx: _Context) -> list[Violation]:
                         lives=[life] if life else [],
                     )
                 )
+    return out
+
+
+# -- 8. operating: suspend / resume, manual runs ------------------------------------------------
+
+
+def _rule_suspend(ctx: _Context) -> list[Violation]:
+    """While a job is suspended — from its `cron suspend` returning (``at``) to its `cron
+    resume` starting (``until``) — nothing of it is claimed, and no scheduled tick of that
+    span is claimed afterwards either (resume claims no past tick): no record of such a claim
+    first seen after ``at`` + observe_slack (a `missed` record is written by a claim from
+    before; a tick claimed early by a skewed clock before the suspend is seen before)."""
+    p = ctx.p
+    out = []
+    for f in ctx.faults:
+        if f.kind != SUSPEND_RESUME or f.job not in ctx.jobs:
+            continue
+        job = ctx.job(f.job)
+        for rec in ctx.records:
+            if rec.job != f.job or rec.states[0].status == "missed":
+                continue
+            if rec.first_seen <= f.at + p.observe_slack:
+                continue
+            in_span = f.at < p.mono(rec.tick) <= f.until and not is_manual(job, rec.tick)
+            if rec.first_seen < f.until or in_span:
+                what = (
+                    "while it was suspended"
+                    if rec.first_seen < f.until
+                    else ("after the resume, for a tick that passed while it was suspended")
+                )
+                out.append(Violation("suspend", f"job {f.job}: a tick was claimed {what}",
+                                     ctx.runs_for(rec), [rec], [f]))  # fmt: skip
+    return out
+
+
+def _rule_manual(ctx: _Context, manual: Sequence[ManualCall]) -> list[Violation]:
+    """`cron run --wait` says what became of the run: the child's exit code (its last
+    attempt's) when one ran; 75 only when none ran for the tick (skipped, missed, or not
+    claimed within --timeout — and that only with a fault about); 70 (lost) and 69 (etcd
+    unreachable) only with a fault about; 1 (refused) only while the job was suspended or
+    removed."""
+    p = ctx.p
+    out = []
+    for m in manual:
+        rs = ctx.runs_of.get((m.job, m.tick), []) if m.tick is not None else []
+        about = [f for f in ctx.faults
+                 if f.at - 1.0 <= m.done and m.at <= f.until + p.lease_recovery]  # fmt: skip
+        why = None
+        if m.code == 1:
+            if not any(f.kind in (SUSPEND_RESUME, RM_READD) and f.job == m.job for f in about):
+                why = "refused, but the job was neither suspended nor removed"
+        elif m.code == 75:
+            if rs:
+                why = "exit 75 (nothing run), but a child ran for its tick"
+            elif "no conchd daemon claimed it" in m.message and not about:
+                why = "not claimed within --timeout, and no fault about"
+        elif m.code == 70:
+            if not about:
+                why = "lost, and no fault about"
+        elif m.code == 69:
+            if not any(f.kind in ETCD_FAULTS for f in about):
+                why = "etcd unreachable, and no etcd fault about"
+        elif not rs:
+            why = f"exit {m.code}, but no child ran for its tick"
+        elif not _code_ok(rs[-1], m.code):
+            why = f"exit {m.code}, the child's was {rs[-1].code} ({rs[-1].how})"
+        if why:
+            out.append(Violation("manual", f"{m.describe(0.0)}: {why}", list(rs), [], about))
     return out
 
 

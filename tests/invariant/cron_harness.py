@@ -75,11 +75,13 @@ from cron_checker import (
     LOST_ANSWER,
     RM_READD,
     STOP_DAEMON,
+    SUSPEND_RESUME,
     Fault,
     Incarnation,
     Job,
     Life,
     Listing,
+    ManualCall,
     Params,
     Record,
     Report,
@@ -149,22 +151,32 @@ class JobPlan:
     term: str  # what its children do on SIGTERM: exit | ignore
     timeout: float | None
     kill_after: float
+    retries: int = 0  # --retries (--retry-delay retry_delay)
+    retry_delay: float = 0.0
+    fail: float = 0.0  # the fraction of ticks whose first attempt exits 3 (cron_child.fails)
 
     def job(self) -> Job:
-        return Job(self.name, float(self.every), self.overlap, self.timeout, self.kill_after)
+        return Job(self.name, float(self.every), self.overlap, self.timeout, self.kill_after,
+                   self.retries)  # fmt: skip
 
     def add_args(self, log: Path) -> list[str]:
         args = ["cron", "add", self.name, "--schedule", f"@every {self.every}s"]
         args += ["--overlap", self.overlap, "--kill-after", f"{self.kill_after:g}s"]
         if self.timeout is not None:
             args += ["--timeout", f"{self.timeout:g}s"]
+        if self.retries:
+            args += ["--retries", str(self.retries), "--retry-delay", f"{self.retry_delay:g}s"]
         child = [sys.executable, "-I", "-S", str(CHILD), str(log)]
-        return [*args, "--", *child, f"{self.run[0]:g}", f"{self.run[1]:g}", self.term]
+        return [*args, "--", *child, f"{self.run[0]:g}", f"{self.run[1]:g}", self.term,
+                f"{self.fail:g}"]  # fmt: skip
 
     def describe(self) -> str:
         s = f"{self.name}: @every {self.every}s --overlap {self.overlap}"
         if self.timeout is not None:
             s += f" --timeout {self.timeout:g}s"
+        if self.retries:
+            s += (f" --retries {self.retries} --retry-delay {self.retry_delay:g}s "
+                  f"({self.fail:.0%} of first attempts fail)")  # fmt: skip
         s += f" --kill-after {self.kill_after:g}s, runs {self.run[0]:g}-{self.run[1]:g}s"
         return s + (", ignores SIGTERM" if self.term == "ignore" else "")
 
@@ -234,6 +246,8 @@ class CronScenario:
     start_offset: float  # its wall clock's offset from its start (s)
     restart_delay: float  # a killed daemon is started again after this (RestartSec)
     faults: tuple[FaultPlan, ...]
+    # the operator's `cron run NAME --wait` calls, one after another: (pause before, job pick)
+    manual: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def from_seed(cls, seed: int) -> CronScenario:
@@ -278,6 +292,20 @@ class CronScenario:
         start_offset = 0.0
         if rng.random() < 0.5:
             start_offset = round(rng.choice([-1, 1]) * rng.uniform(2.0, 30.0), 1)
+        # what an operator does meanwhile (issue 10), from an rng of its own so that the draws
+        # above — the jobs and faults each seed was chosen for — stay as they were: `every1`
+        # retries its failed first attempts; one or two suspend/resume of a job among the
+        # faults; `cron run --wait` of a job every 1-3 s throughout
+        ops = random.Random(f"cron-ops/{seed}")
+        jobs[0] = dataclasses.replace(jobs[0], retries=1, retry_delay=ops.choice([0.2, 0.5]),
+                                      fail=ops.choice([0.2, 0.4]))  # fmt: skip
+        for _ in range(ops.randint(1, 2)):
+            suspend = FaultPlan(
+                kind=SUSPEND_RESUME, gap=round(ops.uniform(0.3, 1.5), 3),
+                hold=round(ops.uniform(1.0, 3.5), 3), pick=ops.random(), prefer_busy=False,
+            )  # fmt: skip
+            plans.insert(ops.randint(0, len(plans)), suspend)
+        manual = tuple((round(ops.uniform(1.0, 3.0), 3), ops.random()) for _ in range(200))
         return cls(
             seed=seed,
             ttl=rng.choice([2.0, 3.0]),
@@ -286,6 +314,7 @@ class CronScenario:
             start_offset=start_offset,
             restart_delay=round(rng.uniform(0.2, 1.0), 3),
             faults=tuple(plans),
+            manual=manual,
         )
 
     def describe(self) -> str:
@@ -296,6 +325,9 @@ class CronScenario:
             + "; ".join(j.describe() for j in self.jobs)
             + "\n  faults: "
             + "; ".join(f.describe() for f in self.faults)
+            + "\n  operator: `cron run NAME --wait --timeout 15s` every "
+            + f"{min((g for g, _ in self.manual), default=0):g}-"
+            + f"{max((g for g, _ in self.manual), default=0):g}s"
         )
 
 
@@ -315,6 +347,7 @@ class _Start:
     pid: int
     t: float
     starttime: str | None
+    attempt: int = 1
 
 
 class Monitor(threading.Thread):
@@ -370,7 +403,7 @@ class Monitor(threading.Thread):
     def _parse(self, line: str, t_seen: float) -> None:
         parts = line.split()
         try:
-            if parts[0] == "S" and len(parts) == 8:
+            if parts[0] == "S" and len(parts) in (8, 9):
                 pid = int(parts[6])
                 stat = _proc_stat(pid)
                 self.starts[pid] = _Start(
@@ -383,6 +416,7 @@ class Monitor(threading.Thread):
                     pid=pid,
                     t=int(parts[7]) / 1e9,
                     starttime=stat[1] if stat else None,
+                    attempt=int(parts[8]) if len(parts) == 9 else 1,
                 )
                 if stat is None or stat[0] in ("Z", "X"):
                     self.vanished.setdefault(pid, t_seen)
@@ -414,7 +448,8 @@ class Monitor(threading.Thread):
                     end, how, code = self.vanished[pid], "vanished", None
                 else:
                     end, how, code = None, "open", None
-                out.append(Run(s.job, s.tick, s.rev, s.daemon, s.life, pid, s.t, end, how, code))
+                out.append(Run(s.job, s.tick, s.rev, s.daemon, s.life, pid, s.t, end, how, code,
+                               s.attempt))  # fmt: skip
             return sorted(out, key=lambda r: r.start)
 
 
@@ -711,6 +746,9 @@ class CronHarness:
         self.wall_offset = _wall_offset()
         self._stop_ev = threading.Event()
         self._sup = threading.Thread(target=self._supervise, name="cron-supervisor", daemon=True)
+        self.manual: list[ManualCall] = []
+        self._operator_stop = threading.Event()
+        self._operator = threading.Thread(target=self._operate, name="cron-operator", daemon=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCH_", "ETCDCTL_"))}
         self.env.update(CONCH_PREFIX=self.prefix, PYTHONUNBUFFERED="1")
         self.cli_env = {**self.env, "CONCH_ENDPOINTS": cluster.endpoints_csv}
@@ -751,6 +789,22 @@ class CronHarness:
     def current_incarnations(self) -> list[Incarnation]:
         with self.lock:
             return [i for i in self.incarnations if i.removed is None]
+
+    def _operate(self) -> None:
+        """The operator: `cron run NAME --wait --timeout 15s` of a job, one after another, with
+        the scenario's pauses between (the checker's rule 8 judges what each said)."""
+        for pause, pick in self.sc.manual:
+            if self._operator_stop.wait(pause):
+                return
+            name = self._pick(sorted(self.plans), pick)
+            call = self.conch("cron", "run", name, "--wait", "--timeout", "15s")
+            last = (call.stderr.strip().splitlines() or [""])[-1]
+            tick = None
+            if " tick " in last:
+                with contextlib.suppress(ValueError, IndexError):
+                    tick = parse_tick(last.split(" tick ", 1)[1].split(": ", 1)[0])
+            with self.lock:
+                self.manual.append(ManualCall(name, call.at, call.done, call.code, tick, last))
 
     # -- daemons -------------------------------------------------------------------------------
     def _spawn(self, d: str) -> DaemonProc:
@@ -951,6 +1005,13 @@ class CronHarness:
                 f", while tick {fmt_tick(running[0].tick)} ran" if running else ", nothing running"
             )
             return Fault(RM_READD, at, now(), job=name, detail=detail)
+        if plan.kind == SUSPEND_RESUME:
+            name = self._pick(sorted(self.plans), plan.pick)
+            sus = self.conch("cron", "suspend", name)
+            time.sleep(plan.hold)
+            res = self.conch("cron", "resume", name)
+            detail = f"suspend exited {sus.code}, resume exited {res.code}"
+            return Fault(SUSPEND_RESUME, sus.done, res.at, job=name, detail=detail)
         raise ValueError(plan.kind)
 
     def _inject_all(self, plan: FaultPlan) -> list[Fault]:
@@ -982,7 +1043,7 @@ class CronHarness:
             return f.at + self.sc.restart_delay + 0.5
         if f.kind == CLOCK_SKEW:
             return f.at + 2.5
-        if f.kind == RM_READD:
+        if f.kind in (RM_READD, SUSPEND_RESUME):
             return f.until + 2.5
         return f.until + 0.3
 
@@ -997,6 +1058,7 @@ class CronHarness:
             if warm is None:
                 self.convergences.append(Convergence(-1, False, None, "never converged"))
                 return self._finish()
+            self._operator.start()
             for plan in self.sc.faults:
                 time.sleep(plan.gap)
                 fs = self._inject_all(plan)
@@ -1088,6 +1150,9 @@ class CronHarness:
         return ""
 
     def _finish(self) -> CronResult:
+        self._operator_stop.set()  # its call in progress ends (15 s + a run at most)
+        if self._operator.is_alive():
+            self._operator.join(60)
         why = self._quiesce()
         if why:
             self.notes.append(f"the records did not settle: {why}")
@@ -1123,7 +1188,7 @@ class CronHarness:
         records = self.observer.records()
         report = check(
             [j for j in self.jobs.values()], incarnations, runs, records, lives,
-            self.faults, self.convergences, self.listing, stderr, params, horizon,
+            self.faults, self.convergences, self.listing, stderr, params, horizon, self.manual,
         )  # fmt: skip
         res = CronResult(self, runs, records, lives, incarnations, list(self.faults),
                          list(self.convergences), params, report, horizon)  # fmt: skip
@@ -1237,6 +1302,11 @@ class CronResult:
                 "" if conv is None or conv.seconds is None else f" converged in {conv.seconds:.3f}s"
             )
             lines.append(f"    #{k} {f.describe(t0)}{cs}")
+        codes: dict[int, int] = {}
+        for m in h.manual:
+            codes[m.code] = codes.get(m.code, 0) + 1
+        shown = ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())) or "-"
+        lines.append(f"  operator: {len(h.manual)} `cron run --wait` calls, exit codes {shown}")
         lines += [f"  note: {n}" for n in h.notes]
         if h.monitor.bad_lines:
             lines.append(f"  unparsable log lines: {h.monitor.bad_lines[:5]}")

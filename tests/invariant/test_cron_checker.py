@@ -20,12 +20,14 @@ from cron_checker import (
     LOST_ANSWER,
     QUORUM_LOSS,
     STOP_DAEMON,
+    SUSPEND_RESUME,
     Convergence,
     Fault,
     Incarnation,
     Job,
     Life,
     Listing,
+    ManualCall,
     Params,
     Record,
     Report,
@@ -154,6 +156,7 @@ def verdict(
     listing: Listing | bool | None = True,
     stderr: dict[str, str] | None = None,
     convergences: Sequence[Convergence] | None = None,
+    manual: Sequence[ManualCall] = (),
 ) -> Report:
     records = [record_of(r) for r in runs] if records is None else list(records)
     if incarnations is None:
@@ -164,7 +167,7 @@ def verdict(
         convergences = [Convergence(k, True, 0.5) for k in range(len(faults))]
     return check(
         jobs, incarnations, runs, records, lives() if daemon_lives is None else daemon_lives,
-        faults, convergences, listing or None, stderr or {}, PARAMS, HORIZON,
+        faults, convergences, listing or None, stderr or {}, PARAMS, HORIZON, manual,
     )  # fmt: skip
 
 
@@ -672,3 +675,69 @@ def test_a_missing_convergence_fails() -> None:
     )
     assert rules(r) == ["converged"]
     assert rules(verdict([EVERY1], clean(EVERY1), faults=[q], convergences=[])) == ["converged"]
+
+
+# -- issue 10: retries, missed records, manual runs, suspend / resume ----------------------------
+
+RETRYING = Job("every1", 1.0, "forbid", None, 0.5, retries=1)
+
+
+def test_attempts_of_one_tick_pass_and_overlapping_or_extra_ones_fail() -> None:
+    runs = clean(RETRYING)
+    first = replace(runs[4], code=3)
+    second = replace(runs[4], pid=9999, start=first.end + 0.2, end=first.end + 0.4, attempt=2)
+    records = [record_of(r) for r in runs]
+    records[4] = record_of(second)
+    listing = listing_of([RETRYING], records)
+    ok(verdict([RETRYING], [*runs[:4], first, second, *runs[5:]], records, listing=listing))
+    overlapping = replace(second, start=first.end - 0.1)
+    assert "once" in rules(verdict([RETRYING], [*runs[:4], first, overlapping, *runs[5:]],
+                                   records, listing=listing))  # fmt: skip
+    other_claim = replace(second, rev=second.rev + 1)
+    assert "once" in rules(verdict([RETRYING], [*runs[:4], first, other_claim, *runs[5:]],
+                                   records, listing=listing))  # fmt: skip
+    # a job without --retries runs a tick once
+    assert "once" in rules(verdict([EVERY1], [*runs[:4], first, second, *runs[5:]], records,
+                                   listing=False))  # fmt: skip
+
+
+def test_missed_records_account_for_ticks_and_never_for_a_run() -> None:
+    runs = clean(EVERY1, skip=(9, 10, 11))
+    records = [record_of(r) for r in runs]
+    late = next(r for r in records if r.tick == WO + 12)
+    # written after the claim of tick 12 (a later revision): not a claim, no fencing
+    gap = rec("every1", 9, late.create_rev + 1, (12.1, "missed"), daemon="d2")
+    gap = replace(gap, states=(replace(gap.states[0], count=3),))
+    ok(verdict([EVERY1], runs, [*records, gap], listing=False))
+    assert "accounted" in rules(verdict([EVERY1], runs, records, listing=False))
+    ran = rec("every1", 8, records[3].create_rev, (8.5, "missed"))
+    assert "listing" in rules(verdict([EVERY1], runs, [*records[:3], ran, *records[4:]],
+                                      listing=False))  # fmt: skip
+
+
+def test_manual_runs_are_judged_by_what_cron_run_said() -> None:
+    runs = clean(EVERY1)
+    manual = run(EVERY1, 9.5 + 1e-6, code=0, daemon="d2", rev=runs[4].rev + 1)
+    runs_m = [*runs, manual]
+    said = ManualCall("every1", 9.4, 10.0, 0, manual.tick, "ok, exit code 0")
+    # its tick is no schedule's: no fencing between it and tick 10, claimed after it
+    ok(verdict([EVERY1], runs_m, listing=False, manual=[said]))
+    for bad in (replace(said, code=3), replace(said, code=75), replace(said, code=1),
+                replace(said, tick=WO + 9.7, code=0), replace(said, code=70)):  # fmt: skip
+        assert "manual" in rules(verdict([EVERY1], runs_m, listing=False, manual=[bad])), bad
+    refused = ManualCall("every1", 9.4, 9.5, 1, None, "is suspended")
+    suspended = Fault(SUSPEND_RESUME, 9.0, 10.5, job="every1")
+    records = [record_of(r) for r in runs if not 9.0 <= r.tick - WO <= 11.5]
+    kept = [r for r in runs if not 9.0 <= r.tick - WO <= 11.5]
+    ok(verdict([EVERY1], kept, records, listing=False, faults=[suspended], manual=[refused]))
+
+
+def test_claims_while_suspended_or_of_its_ticks_after_the_resume_fail() -> None:
+    runs = clean(EVERY1)
+    suspended = Fault(SUSPEND_RESUME, 9.0, 12.0, job="every1")
+    kept = [r for r in runs if not 9.0 <= r.tick - WO <= 12.5]
+    ok(verdict([EVERY1], kept, listing=False, faults=[suspended]))
+    during = [r for r in runs if r.tick - WO == 10.0]  # claimed at 10.05: suspended
+    assert "suspend" in rules(verdict([EVERY1], kept + during, listing=False, faults=[suspended]))
+    past = [replace(r, start=12.3, end=12.5) for r in during]  # after the resume, a past tick
+    assert "suspend" in rules(verdict([EVERY1], kept + past, listing=False, faults=[suspended]))
