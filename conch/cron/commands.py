@@ -13,7 +13,7 @@ import click
 
 from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
 from conch.cron.model import HISTORY, MAX_HISTORY, MAX_RETRIES
-from conch.errors import EXIT_UNAVAILABLE, ConchError, UsageError
+from conch.errors import EXIT_NOT_ACQUIRED, EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
 
 if TYPE_CHECKING:
@@ -312,9 +312,9 @@ def cron_run(ctx: click.Context, name: str, wait: bool, timeout_text: str, **kw:
         client, prefix, name, timeout, wait))  # fmt: skip
     if got is manual.RequestRefused.NO_JOB:
         raise ConchError(f"no cron job {name!r}", 1)
-    if got is manual.RequestRefused.SUSPENDED:
-        raise ConchError(f"cron job {name!r} is suspended (conch cron resume {name} first); "
-                         "nothing run", 1)  # fmt: skip
+    if got is manual.RequestRefused.SUSPENDED:  # no daemon would claim it: as unclaimed
+        raise ConchError(f"cron job {name!r} is suspended: no conchd daemon claims it (conch "
+                         f"cron resume {name} first); nothing run", EXIT_NOT_ACQUIRED)  # fmt: skip
     return got
 
 
@@ -347,7 +347,7 @@ def _manual_exit(label: str, got: Any) -> int:
     """What `cron run --wait` prints and exits with, for what became of the run."""
     from conch.cron import manual
     from conch.cron.model import RunStatus
-    from conch.errors import EXIT_LEASE_LOST, EXIT_NOT_ACQUIRED
+    from conch.errors import EXIT_LEASE_LOST
 
     if got.outcome is manual.Outcome.UNCLAIMED:
         raise ConchError(f"{label}: no conchd daemon claimed it in time; nothing run",

@@ -1301,8 +1301,8 @@ def _rule_manual(ctx: _Context, manual: Sequence[ManualCall]) -> list[Violation]
     """`cron run --wait` says what became of the run: the child's exit code (its last
     attempt's) when one ran; 75 only when none ran for the tick (skipped, missed, or not
     claimed within --timeout — and that only with a fault about); 70 (lost) and 69 (etcd
-    unreachable) only with a fault about; 1 (refused) only while the job was suspended or
-    removed."""
+    unreachable) only with a fault about; 1 (no such job) only while the job was removed; 75
+    at once for a suspended job (only while it was)."""
     p = ctx.p
     out = []
     for m in manual:
@@ -1311,12 +1311,16 @@ def _rule_manual(ctx: _Context, manual: Sequence[ManualCall]) -> list[Violation]
                  if f.at - 1.0 <= m.done and m.at <= f.until + p.lease_recovery]  # fmt: skip
         why = None
         if m.code == 1:
-            if not any(f.kind in (SUSPEND_RESUME, RM_READD) and f.job == m.job for f in about):
-                why = "refused, but the job was neither suspended nor removed"
+            if not any(f.kind == RM_READD and f.job == m.job for f in about):
+                why = "no such job, but the job was not removed"
         elif m.code == 75:
             if rs:
                 why = "exit 75 (nothing run), but a child ran for its tick"
-            elif "no conchd daemon claimed it" in m.message and not about:
+            elif "is suspended" in m.message and not any(
+                f.kind == SUSPEND_RESUME and f.job == m.job for f in about
+            ):
+                why = "refused as suspended, but the job was not"
+            elif "no conchd daemon claimed it in time" in m.message and not about:
                 why = "not claimed within --timeout, and no fault about"
         elif m.code == 70:
             if not about:

@@ -725,11 +725,12 @@ def test_manual_runs_are_judged_by_what_cron_run_said() -> None:
     for bad in (replace(said, code=3), replace(said, code=75), replace(said, code=1),
                 replace(said, tick=WO + 9.7, code=0), replace(said, code=70)):  # fmt: skip
         assert "manual" in rules(verdict([EVERY1], runs_m, listing=False, manual=[bad])), bad
-    refused = ManualCall("every1", 9.4, 9.5, 1, None, "is suspended")
+    refused = ManualCall("every1", 9.4, 9.5, 75, None, "cron job 'every1' is suspended: ...")
     suspended = Fault(SUSPEND_RESUME, 9.0, 10.5, job="every1")
     records = [record_of(r) for r in runs if not 9.0 <= r.tick - WO <= 11.5]
     kept = [r for r in runs if not 9.0 <= r.tick - WO <= 11.5]
     ok(verdict([EVERY1], kept, records, listing=False, faults=[suspended], manual=[refused]))
+    assert "manual" in rules(verdict([EVERY1], kept, records, listing=False, manual=[refused]))
 
 
 def test_claims_while_suspended_or_of_its_ticks_after_the_resume_fail() -> None:
