@@ -253,7 +253,7 @@ class Claimer:
         return [
             (t, RunRecord(
                 tick=format_tick(t), status=RunStatus.MISSED, daemon=self.daemon_id,
-                host=self.host, claim=self.claim_id, claimed=now, reason=why,
+                host=self.host, claim="", claimed=now, reason=why,  # no claim: never "ours"
                 count=1 if len(ticks) == count else count,
             ))
             for t in ticks

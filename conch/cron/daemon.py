@@ -1,7 +1,8 @@
 """The conchd daemon: one lease (conch.session.Session, --ttl), a watch on the job definitions,
 the scheduler loop in the main thread, and shutdown. Claims are conch.cron.claimer's, runs
-conch.cron.runner's (started by one launcher thread, followed by one follower thread), history
-pruning and heartbeats threads of their own.
+conch.cron.runner's (started by one launcher thread, followed by one follower thread); history
+pruning, heartbeats and --on-failure hooks (conch.cron.hooks) threads of their own. The loop
+waits on two watches: the job definitions and the `cron run` requests.
 """
 
 from __future__ import annotations

@@ -628,7 +628,7 @@ def _failed_claim(w: ClaimRequest, responses: list[Any], claim_id: str) -> Claim
     if run_kvs:
         kv = run_kvs[0]
         stored = RunRecord.from_json(kv.value)
-        if stored.claim == claim_id and kv.version == 1:
+        if _is_own_claim(stored, kv, claim_id):
             # ours, as claimed and never touched since: the answer was lost and the claim
             # retried. A record rewritten since (a result) is a tick this daemon already ran —
             # its schedule came back to it (the definition was replaced, its clock stepped
@@ -642,6 +642,13 @@ def _failed_claim(w: ClaimRequest, responses: list[Any], claim_id: str) -> Claim
     if mark[0]:
         return Claim(ClaimOutcome.BEHIND, mark=_mark_tick(mark[0][0].value))
     return None
+
+
+def _is_own_claim(stored: RunRecord, kv: KeyValue, claim_id: str) -> bool:
+    """Whether a run record is the claim of daemon process `claim_id`, as claimed and never
+    rewritten since — not a `missed` record (no claim: conch.cron.claimer writes it for ticks
+    nobody claimed, with an empty claim id; an older one may carry the daemon's)."""
+    return stored.claim == claim_id and kv.version == 1 and stored.status != RunStatus.MISSED
 
 
 def _mark_tick(value: bytes) -> Tick | None:
@@ -697,7 +704,7 @@ def own_claim(
     if kv is None:
         return None
     stored = RunRecord.from_json(kv.value)
-    if stored.claim != claim_id or kv.version != 1:  # not ours, or already run
+    if not _is_own_claim(stored, kv, claim_id):  # not ours, or already run
         return None
     return _own(stored, kv.create_revision)
 

@@ -91,3 +91,31 @@ def conch_ls(conch):  # type: ignore[no-untyped-def]
     r = conch.run("cron", "ls", "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def test_a_claim_that_never_reached_etcd_is_recorded_missed_not_run(
+    conch, daemons, client, prefix, etcd_proxy, tmp_path
+):
+    """The daemon's requests hang across a tick (its claim never reaches etcd, and fails):
+    when etcd answers again it claims the next tick, and the tick whose claim failed — nobody
+    claimed it — is recorded missed. The daemon must not take that `missed` record for its own
+    unanswered claim and run the tick (invariant cron seed 735493 found it did)."""
+    from test_cron_faults import lines, next_tick, tick_us, wait_until
+
+    ticks = tmp_path / "ticks"
+    add(conch, "hung", "@every 2s", "--overlap", "allow", "--", SH, "-c",
+        f"echo $CONCH_TICK >> {ticks}")  # fmt: skip
+    daemons.start("d", env={"CONCH_ENDPOINTS": etcd_proxy.endpoint})
+    wait_for(lambda: lines(ticks), timeout=30, what="a first tick")
+    t = next_tick(2.0, time.time() + 1.0)
+    wait_until(t - 0.4)
+    etcd_proxy.hang()  # the claim of t is never forwarded; it fails when t + 2 is due
+    wait_until(t + 2.6)
+    etcd_proxy.pass_through()  # the held requests are dropped with their connections
+    after = t + 6.0
+    wait_for(lambda: any(x >= tick_us(after) for x in records(client, prefix, "hung")),
+             timeout=30, what="later ticks")  # fmt: skip
+    rec = records(client, prefix, "hung").get(tick_us(t))
+    assert rec is not None and rec.status == "missed", rec
+    assert model.format_tick(tick_us(t)) not in lines(ticks)
+    no_error(daemons.log("d"))
