@@ -90,3 +90,54 @@ def test_cron_run_with_forbid_is_skipped_while_a_run_is_alive(conch, daemons, cl
     wait_for(lambda: sorted(rec.status for rec in records(client, prefix, "slow").values())
              == ["ok", "skipped"], timeout=30, what="ok and skipped")  # fmt: skip
     no_error(daemons.log("d"))
+
+
+def test_metrics_of_manual_runs_retries_hooks_and_missed_ticks(conch, daemons, tmp_path):
+    """conchd's metrics count what issue 10 added: `cron run` requests claimed, retries,
+    --on-failure hooks by outcome, and ticks recorded missed (a daemon stopped across ticks
+    falls behind: the ticks nobody claimed meanwhile are recorded by its next claim)."""
+    import json
+    import signal
+    import urllib.request
+
+    from test_cron import _free_port
+
+    add(conch, "flaky", "@yearly", "--retries", "1", "--retry-delay", "0.1s",
+        "--on-failure", "true", "--", SH, "-c", "exit 3")  # fmt: skip
+    add(conch, "tick", "@every 1s", "--", "true")
+    port = _free_port()
+    d = daemons.start("d", "--metrics-addr", f"127.0.0.1:{port}")
+    wait_for(lambda: "claiming ticks" in daemons.log("d"), timeout=30, what="conchd settled")
+    r = conch.run("cron", "run", "flaky", "--wait", "--timeout", "30s")
+    assert r.returncode == 3 and "attempt 2" in r.stderr, r.stderr
+    d.send_signal(signal.SIGSTOP)  # ticks pass while it cannot claim
+    stopped = time.time()
+    wait_for(lambda: time.time() > stopped + 3.5, timeout=10, what="3 ticks to pass")
+    d.send_signal(signal.SIGCONT)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def value(text: str, sample: str) -> float:
+        got = [ln.split()[-1] for ln in text.splitlines() if ln.startswith(sample + " ")]
+        return float(got[0]) if got else 0.0
+
+    want = {
+        'conchd_manual_runs_total{job="flaky"}': 1,
+        'conchd_retries_total{job="flaky"}': 1,
+        'conchd_failure_hooks_total{job="flaky",outcome="ok"}': 1,
+        'conchd_runs_total{job="flaky",outcome="failed"}': 2,
+    }
+
+    def counted() -> str | None:
+        text = scrape()
+        done = all(value(text, k) >= v for k, v in want.items())
+        return text if done and value(text, 'conchd_missed_ticks_total{job="tick"}') >= 2 else None
+
+    text = wait_for(counted, timeout=30, what="the metrics")
+    assert value(text, 'conchd_manual_runs_total{job="flaky"}') == 1
+    shown = json.loads(conch.run("cron", "ls", "--json").stdout)
+    (tick,) = [j for j in shown if j["name"] == "tick"]
+    assert sum(r["count"] for r in tick["runs"] if r["status"] == "missed") >= 2
+    no_error(daemons.log("d"))
