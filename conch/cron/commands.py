@@ -60,7 +60,7 @@ def cron(**_: Any) -> None:
                    [--starting-deadline D] [--on-failure CMD]
                    [--on KEY=VALUE]... [--replace] -- CMD [ARG...]
     conch cron ls [--json]
-    conch cron run NAME [--wait] [--timeout D]
+    conch cron run NAME [--wait] [--timeout D] [--json]
     conch cron show NAME [--json]
     conch cron logs NAME [--tick T] [--last K] [--json]
     conch cron suspend NAME | conch cron resume NAME
@@ -299,9 +299,13 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
               help="wait for the result: print the output, exit with the job's code")  # fmt: skip
 @click.option("--timeout", "timeout_text", default="60s", show_default=True, metavar="D",
               help="unclaimed after D, the request lapses (--wait: exit 75)")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON document: the request, or the run (--wait)")  # fmt: skip
 @global_options
 @click.pass_context
-def cron_run(ctx: click.Context, name: str, wait: bool, timeout_text: str, **kw: Any) -> int:
+def cron_run(
+    ctx: click.Context, name: str, wait: bool, timeout_text: str, as_json: bool, **kw: Any
+) -> int:
     """Run job NAME once now, on exactly one conchd daemon (a tick of its own, marked manual).
     Prints the run's tick; with --wait, its output, and exits with its exit code."""
     from conch import options
@@ -309,7 +313,7 @@ def cron_run(ctx: click.Context, name: str, wait: bool, timeout_text: str, **kw:
 
     timeout = options.duration(timeout_text, "--timeout", allow_zero=False)
     got = _on_job(ctx, name, kw, lambda client, prefix, _now: _run_now(
-        client, prefix, name, timeout, wait))  # fmt: skip
+        client, prefix, name, timeout, wait, as_json))  # fmt: skip
     if got is manual.RequestRefused.NO_JOB:
         raise ConchError(f"no cron job {name!r}", 1)
     if got is manual.RequestRefused.SUSPENDED:  # no daemon would claim it: as unclaimed
@@ -318,7 +322,9 @@ def cron_run(ctx: click.Context, name: str, wait: bool, timeout_text: str, **kw:
     return got
 
 
-def _run_now(client: Client, prefix: str, name: str, timeout: float, wait: bool) -> Any:
+def _run_now(
+    client: Client, prefix: str, name: str, timeout: float, wait: bool, as_json: bool
+) -> Any:
     """`cron run`: the request, and with `wait` its result (an exit code) — or why not."""
     from conch.cron import manual
     from conch.cron.model import format_tick
@@ -327,7 +333,8 @@ def _run_now(client: Client, prefix: str, name: str, timeout: float, wait: bool)
     if isinstance(tick, manual.RequestRefused):
         return tick
     if not wait:
-        click.echo(format_tick(tick))
+        text = format_tick(tick)
+        click.echo(json.dumps({"name": name, "tick": text}) if as_json else text)
         return 0
     label = f"cron job {name!r} tick {format_tick(tick)}"
 
@@ -340,11 +347,18 @@ def _run_now(client: Client, prefix: str, name: str, timeout: float, wait: bool)
         if manual.withdraw(client, prefix, name, tick):
             click.echo(f"conch: {label}: request withdrawn", err=True)
         raise
-    return _manual_exit(label, got)
+    if as_json and got.record is not None:  # the run as `cron logs --json` gives it
+        from conch.cron.listing import run_doc
+
+        alive = got.outcome is not manual.Outcome.LOST
+        click.echo(json.dumps({"name": name, **run_doc(tick, got.record, alive),
+                               "output": got.output}))  # fmt: skip
+    return _manual_exit(label, got, printed=as_json)
 
 
-def _manual_exit(label: str, got: Any) -> int:
-    """What `cron run --wait` prints and exits with, for what became of the run."""
+def _manual_exit(label: str, got: Any, printed: bool) -> int:
+    """What `cron run --wait` prints (unless the JSON document is `printed`) and exits with,
+    for what became of the run."""
     from conch.cron import manual
     from conch.cron.model import RunStatus
     from conch.errors import EXIT_LEASE_LOST
@@ -358,7 +372,7 @@ def _manual_exit(label: str, got: Any) -> int:
                          "while the run ran (its result is unknown)", EXIT_LEASE_LOST)  # fmt: skip
     if rec.status in (RunStatus.SKIPPED, RunStatus.MISSED):
         raise ConchError(f"{label}: {rec.status}: {rec.reason}; nothing run", EXIT_NOT_ACQUIRED)
-    if got.output:
+    if got.output and not printed:
         sys.stdout.write(got.output if got.output.endswith("\n") else got.output + "\n")
         sys.stdout.flush()
     code = rec.exit_code if rec.exit_code is not None else 1

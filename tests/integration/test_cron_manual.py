@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from conftest import wait_for
@@ -11,11 +12,14 @@ from test_cron import SH, add, no_error, records, runs_of
 from conch import keys
 from conch.cron import model
 
+DAEMONS = ("d0", "d1", "d2")
+
 
 def test_cron_run_is_claimed_once_across_three_daemons(conch, daemons, client, prefix, tmp_path):
-    """Five `cron run --wait` of a job whose schedule never ticks meanwhile: each is run
-    exactly once, by one of three daemons, with CONCH_MANUAL; --wait prints the output and
-    exits with the job's code; the records say manual; without --wait the tick is printed."""
+    """Eight `cron run` of a job whose schedule never ticks meanwhile: each is run exactly
+    once, by one of three daemons, with CONCH_MANUAL; --wait prints the output and exits with
+    the job's code (--json: the run's document); the records say manual; without --wait the
+    tick is printed (--json: with the name)."""
     out = tmp_path / "runs"
     script = f'echo "$CONCH_TICK $CONCH_REV $CONCH_MANUAL" >> {out}; echo hello $CONCH_JOB; exit 3'
     add(conch, "m", "@yearly", "--", SH, "-c", script)
@@ -26,17 +30,26 @@ def test_cron_run_is_claimed_once_across_three_daemons(conch, daemons, client, p
         assert r.returncode == 3, r.stderr
         assert r.stdout == "hello m\n"
         assert "claimed by d" in r.stderr and "failed, exit code 3" in r.stderr, r.stderr
+    r = conch.run("cron", "run", "m", "--wait", "--json")  # the run as `cron logs --json`
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["name"] == "m" and doc["status"] == "failed" and doc["exit_code"] == 3
+    assert doc["manual"] is True and doc["output"] == "hello m\n" and doc["daemon"] in DAEMONS
     r = conch.run("cron", "run", "m")
     assert r.returncode == 0, r.stderr
     tick = r.stdout.strip()
+    assert json.loads(conch.run("cron", "run", "m", "--json").stdout)["name"] == "m"
     wait_for(lambda: any(model.format_tick(t) == tick and rec.status == "failed"
                          for t, rec in records(client, prefix, "m").items()),
              timeout=30, what="the run without --wait")  # fmt: skip
+    wait_for(lambda: len(records(client, prefix, "m")) == 8
+             and all(r.status == "failed" for r in records(client, prefix, "m").values()),
+             timeout=30, what="every run done")  # fmt: skip
     lines = [ln.split() for ln in read(out).splitlines()]
-    assert len(lines) == 6 and len({ln[0] for ln in lines}) == 6, lines  # each once
+    assert len(lines) == 8 and len({ln[0] for ln in lines}) == 8, lines  # each once
     assert all(ln[2] == "1" for ln in lines)
     recs = records(client, prefix, "m")
-    assert len(recs) == 6 and all(r.manual and r.status == "failed" for r in recs.values())
+    assert len(recs) == 8 and all(r.manual and r.status == "failed" for r in recs.values())
     assert {model.format_tick(t) for t in recs} == {ln[0] for ln in lines}
     assert sorted(int(ln[1]) for ln in lines) == sorted(r.rev for r in recs.values())
     assert all(r["manual"] for r in runs_of(conch, "m"))
