@@ -63,6 +63,41 @@ def _print_who(doc: dict[str, Any], as_json: bool, quiet: bool, what: str) -> in
     return 0 if holders else EXIT_NO_HOLDER
 
 
+def _watch_who(
+    client: Any, directory: bytes, slots: int, name: str, as_json: bool, patience: float
+) -> int:
+    """`--who --watch`: one line (or JSON document) now and per change, until a signal (130 on
+    SIGINT: click's Abort; SIGTERM ends the process: 143); 69 when etcd stops answering for
+    longer than --dial-timeout."""
+    from conch import contend
+    from conch.client import EtcdError
+    from conch.errors import EXIT_UNAVAILABLE, ConchError
+
+    def emit(doc: dict[str, Any]) -> None:
+        click.echo(json.dumps(doc) if as_json else _who_line(doc))
+
+    try:
+        contend.follow(client, directory, slots, name, emit, patience)
+    except EtcdError as e:
+        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    return 0  # not reached: follow() returns only by an exception
+
+
+def _who_line(doc: dict[str, Any]) -> str:
+    """A `--who` document as one line: `holders=H/MAX waiting=W: rev=R host=H pid=P cmd=...;
+    ...`."""
+    holders = "; ".join(
+        f"rev={h['rev']} lease={h['lease']} host={h['host']} pid={h['pid']} "
+        f"started={h['started']} cmd={' '.join(h['cmd'])}"
+        for h in doc["holders"]
+    )
+    return (f"holders={len(doc['holders'])}/{doc['max']} waiting={doc['waiting']}"
+            + (f": {holders}" if holders else ""))  # fmt: skip
+
+
+RUN_KW = ("ttl", "kill_after", "nonblock", "timeout", "who", "watch", "as_json")
+
+
 def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--ttl", default="10s", show_default=True, metavar="D",
@@ -72,6 +107,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--nonblock", is_flag=True, help="exit 75 unless acquired at once"),
         click.option("--timeout", metavar="D", help="exit 75 if not acquired within D"),
         click.option("--who", is_flag=True, help="print the holders; exit 1 if none"),
+        click.option("--watch", is_flag=True,
+                     help="with --who: and again on every change, until interrupted"),
         click.option("--json", "as_json", is_flag=True, help="with --who: one JSON document"),
     ]  # fmt: skip
     for o in reversed(opts):
@@ -91,6 +128,7 @@ def _common_run(
     nonblock: bool,
     timeout: str | None,
     who: bool,
+    watch: bool,
     as_json: bool,
     restart: bool = False,
     slots: int = 1,
@@ -105,23 +143,31 @@ def _common_run(
     argv = list(cmd)
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    if watch and not who:
+        raise UsageError("--watch goes with --who")
     if who:
         if argv:
             raise UsageError("--who takes no command")
-        options.client_config(g)  # validate before connecting
+        cfg = options.client_config(g)  # validate before connecting
         client = connect(g)
+        what = f"elect {name!r}" if kind == "elect" else f"sema {name!r} --max {slots}"
         try:
             if kind == "elect":
                 from conch import elect
 
+                if watch:
+                    directory = elect.directory(prefix, name)
+                    return _watch_who(client, directory, 1, name, as_json, cfg.dial_timeout)
                 doc = elect.who(client, prefix, name)
             else:
                 from conch import sema
 
+                if watch:
+                    directory = sema.directory(prefix, name, slots)
+                    return _watch_who(client, directory, slots, name, as_json, cfg.dial_timeout)
                 doc = sema.who(client, prefix, name, slots)
         finally:
             client.close()
-        what = f"elect {name!r}" if kind == "elect" else f"sema {name!r} --max {slots}"
         return _print_who(doc, as_json, quiet, what)
     if as_json:
         raise UsageError("--json goes with --who")
@@ -170,10 +216,10 @@ def elect(ctx: click.Context, name: str, cmd: tuple[str, ...], **kw: Any) -> int
     conch elect NAME [--ttl 10s] [--kill-after 10s] [--restart] [--nonblock] [--timeout D]
     -- CMD [ARG...]
 
-    conch elect NAME --who [--json]
+    conch elect NAME --who [--watch] [--json]
     """
     g, _v, quiet = command_globals(ctx, kw)
-    run_kw = {k: kw[k] for k in ("ttl", "kill_after", "nonblock", "timeout", "who", "as_json")}
+    run_kw = {k: kw[k] for k in RUN_KW}
     return _common_run("elect", name, cmd, g, quiet, restart=kw["restart"], **run_kw)
 
 
@@ -192,10 +238,10 @@ def sema(ctx: click.Context, name: str, cmd: tuple[str, ...], slots: int, **kw: 
     conch sema NAME --max N [--ttl 10s] [--kill-after 10s] [--nonblock] [--timeout D]
     -- CMD [ARG...]
 
-    conch sema NAME --max N --who [--json]
+    conch sema NAME --max N --who [--watch] [--json]
     """
     g, _v, quiet = command_globals(ctx, kw)
-    run_kw = {k: kw[k] for k in ("ttl", "kill_after", "nonblock", "timeout", "who", "as_json")}
+    run_kw = {k: kw[k] for k in RUN_KW}
     return _common_run("sema", name, cmd, g, quiet, slots=slots, **run_kw)
 
 

@@ -260,7 +260,52 @@ class Contention:
 
 def snapshot(client: Client, directory: bytes, slots: int, name: str) -> dict[str, object]:
     """The `--who --json` document: holders in rank order and the number waiting."""
-    listing = list_members(client, directory)
+    return _document(list_members(client, directory), slots, name)
+
+
+def follow(
+    client: Client,
+    directory: bytes,
+    slots: int,
+    name: str,
+    emit: Callable[[dict[str, object]], None],
+    patience: float,
+    poll: float = IDLE,
+) -> None:
+    """`--who --watch`: emit the `--who` document now and each time it changes, until the
+    process is interrupted (never returns otherwise). A watch on the directory wakes it on a
+    change; a fresh listing is also taken every `poll` seconds, which is how it learns that
+    etcd stopped answering: after `patience` seconds without an answer it raises EtcdError."""
+    end = prefix_range_end(directory)
+    last: dict[str, object] | None = None
+    answered = time.monotonic()
+    watch = None
+    while True:
+        try:
+            listing = list_members(client, directory)
+            if watch is None:
+                watch = client.watch(directory, end, start_revision=listing.revision + 1)
+        except EtcdError:
+            if time.monotonic() - answered > patience:
+                raise
+            if watch is not None:
+                watch.cancel(wait=False)
+                watch = None
+            time.sleep(POLL)  # the client's own call already waited for an answer
+            continue
+        answered = time.monotonic()
+        doc = _document(listing, slots, name)
+        if doc != last:
+            emit(doc)
+            last = doc
+        try:
+            watch.get(poll)  # events or not: list again (a change, or the liveness probe)
+        except (WatchCompacted, EtcdError):
+            watch.cancel(wait=False)
+            watch = None
+
+
+def _document(listing: Listing, slots: int, name: str) -> dict[str, object]:
     holders = []
     for kv in listing.members[:slots]:
         rec = HolderRecord.from_json(kv.value)
