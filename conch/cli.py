@@ -95,7 +95,7 @@ def _who_line(doc: dict[str, Any]) -> str:
             + (f": {holders}" if holders else ""))  # fmt: skip
 
 
-RUN_KW = ("ttl", "kill_after", "nonblock", "timeout", "who", "watch", "as_json")
+RUN_KW = ("ttl", "kill_after", "nonblock", "timeout", "who", "watch", "as_json", "metrics_addr")
 
 
 def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,6 +110,8 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--watch", is_flag=True,
                      help="with --who: and again on every change, until interrupted"),
         click.option("--json", "as_json", is_flag=True, help="with --who: one JSON document"),
+        click.option("--metrics-addr", metavar="HOST:PORT",
+                     help="serve Prometheus metrics (/metrics) and /healthz while conch runs"),
     ]  # fmt: skip
     for o in reversed(opts):
         f = o(f)
@@ -130,6 +132,7 @@ def _common_run(
     who: bool,
     watch: bool,
     as_json: bool,
+    metrics_addr: str | None,
     restart: bool = False,
     slots: int = 1,
 ) -> int:
@@ -145,6 +148,8 @@ def _common_run(
         argv = argv[1:]
     if watch and not who:
         raise UsageError("--watch goes with --who")
+    if metrics_addr is not None and who:
+        raise UsageError("--metrics-addr goes with a command, not --who")
     if who:
         if argv:
             raise UsageError("--who takes no command")
@@ -182,6 +187,13 @@ def _common_run(
     }
     cfg = options.client_config(g)  # every check before the first byte goes to etcd
     run_opts["secret"] = cfg.password
+    metrics = None
+    if metrics_addr is not None:  # bound before etcd is touched: a busy port writes nothing
+        from conch.cron.metrics import parse_metrics_addr
+        from conch.holdmetrics import HoldMetrics
+
+        host, port = parse_metrics_addr(metrics_addr)
+        metrics = HoldMetrics(host, port, kind, name)
 
     from conch import core
 
@@ -197,7 +209,7 @@ def _common_run(
                 from conch import sema
 
                 spec = sema.spec(prefix, name, slots, argv, **run_opts)
-            return core.run(client, spec, sig)
+            return core.run(client, spec, sig, metrics)
         finally:
             client.close()
 

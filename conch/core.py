@@ -45,6 +45,7 @@ from conch.errors import (
     signal_exit_code,
 )
 from conch.holder import HolderRecord, redact, rfc3339
+from conch.holdmetrics import NoHoldMetrics
 from conch.session import Session
 
 if TYPE_CHECKING:
@@ -350,6 +351,7 @@ def hold(
     rev: int,
     release: Callable[[], None] | None = None,
     spare: Spares = NO_SPARE,
+    on_started: Callable[[], None] | None = None,
 ) -> HoldResult:
     """Run the child while the slot is ours. Returns how it ended; the group is dead on return.
 
@@ -361,7 +363,8 @@ def hold(
     child's process waits at its gate until the watchdog is armed, so a conch that dies in
     between leaves nothing running; if arming fails, the child is ended before the slot is
     given up. `spare`: the watchdog and the child's process started ahead (Spare), used if
-    still alive. Raises ConchError when the child or its watchdog cannot be started."""
+    still alive. `on_started` is called once the child runs. Raises ConchError when the child
+    or its watchdog cannot be started."""
     from conch.revoke import document
     from conch.supervisor import Child
     from conch.watchdog import Watchdog
@@ -403,6 +406,8 @@ def hold(
             ) from e
         started = time.monotonic()
         child.open_gate()
+        if on_started is not None:
+            on_started()
         unrenew = session.on_renew(wd.update)
         log.debug("child %d started (rev %d, lease %x)", child.pid, c.rev, session.lease_id)
         # started after the child (off the hand-over's path), it misses nothing: it watches
@@ -498,8 +503,10 @@ def _sleep(sig: Signals, seconds: float, session: Session | None = None) -> None
         sig.wake.clear()
 
 
-def run(client: Client, spec: RunSpec, sig: Signals) -> int:
-    """The whole life of one `conch elect|sema ... -- CMD`. Returns conch's exit code."""
+def run(client: Client, spec: RunSpec, sig: Signals, metrics: NoHoldMetrics | None = None) -> int:
+    """The whole life of one `conch elect|sema ... -- CMD`. Returns conch's exit code.
+    `metrics`: what --metrics-addr serves (conch.holdmetrics)."""
+    m = metrics or NoHoldMetrics()
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
     backoff = Backoff()
     campaign_backoff = Backoff(initial=0.5, maximum=5.0)
@@ -525,6 +532,8 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         except EtcdError as e:
             etcd_trouble(e)
             continue
+        m.session(session.is_trusted)
+        queued = time.monotonic()
         c = Contention(
             client,
             spec.directory,
@@ -535,7 +544,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
         )
         unwake = session.on_lost(lambda _r: sig.wake.set())
         try:
-            outcome, rev, spare = _acquire(c, session, spec, sig, deadline)
+            outcome, rev, spare, free_at = _acquire(c, session, spec, sig, deadline)
         except EtcdError as e:
             unwake()
             session.close()
@@ -548,16 +557,18 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                 return EXIT_NOT_ACQUIRED
             if outcome is Outcome.STOPPED:
                 return signal_exit_code(sig.received or signal.SIGTERM)
+            m.lease_lost()
             log.info("lost the lease while waiting; queueing again")
             continue  # LOST while waiting: campaign again with a fresh lease
         campaign_backoff.reset()
+        holding = _Holding(m, queued, free_at)
         # -- hold ---------------------------------------------------------------------------
         while True:
             # a one-shot resigns the moment its group is dead (the successor starts sooner);
             # a --restart service keeps the slot across child exits
             release = None if spec.restart else lambda c=c, session=session: _withdraw(c, session)
             try:
-                res = hold(client, session, c, spec, sig, rev, release, spare)
+                res = hold(client, session, c, spec, sig, rev, release, spare, holding.started)
                 spare = NO_SPARE  # used by the first hold only
             except BaseException:
                 unwake()
@@ -566,6 +577,7 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             if res.ending is Ending.NOT_STARTED:
                 # promoted, but the lease could not be trusted before the spawn: nothing ran,
                 # so this is a waiter that lost its lease: it queues again (guarantees.md)
+                m.lease_lost()
                 unwake()
                 if not session.close(revoke=True):
                     stale.append(session.lease_id)
@@ -573,11 +585,13 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
                          res.reason)  # fmt: skip
                 break
             ran_once = True
+            m.child_ended()
             if res.ending is Ending.SIGNAL:
                 unwake()
                 _withdraw(c, session)
                 return res.code
             if res.ending is Ending.LOST:
+                m.lease_lost()
                 unwake()
                 if not session.close(revoke=True):
                     stale.append(session.lease_id)
@@ -614,11 +628,28 @@ def run(client: Client, spec: RunSpec, sig: Signals) -> int:
             rev = checked
 
 
+class _Holding:
+    """One acquisition, for the metrics: when its wait saw the slot free, and the children run
+    under it (the first one's start gives the hand-over latency; the others are --restart's)."""
+
+    def __init__(self, m: NoHoldMetrics, queued: float, free_at: float) -> None:
+        self.m, self.acquired, self.children = m, free_at, 0
+        m.acquired(free_at - queued)
+
+    def started(self) -> None:
+        first = self.children == 0
+        self.m.child_started(time.monotonic() - self.acquired if first else None)
+        if not first:
+            self.m.restarted()
+        self.children += 1
+
+
 def _acquire(
     c: Contention, session: Session, spec: RunSpec, sig: Signals, deadline: float | None
-) -> tuple[Outcome, int, Spares]:
+) -> tuple[Outcome, int, Spares, float]:
     """Queue and wait. HELD comes with the watchdog and child's process started while next in
-    line (the caller owns them); any other outcome has ended them."""
+    line (the caller owns them), and the time.monotonic() at which the wait saw the slot
+    free; any other outcome has ended them."""
     spare = Spare(spec.cmd, lambda: child_env(spec, c, session))
     try:
         c.enqueue()
@@ -626,15 +657,16 @@ def _acquire(
             nonblock=spec.nonblock, deadline=deadline, stop=sig.event, wake=sig.wake,
             on_next=spare.ready,
         )  # fmt: skip
+        free_at = time.monotonic()
         if outcome is not Outcome.HELD:
-            return outcome, 0, NO_SPARE
+            return outcome, 0, NO_SPARE, free_at
         if c.proven_rev:
             # the wait itself saw my key alive at proven_rev (etcd #11456 is ruled out): the
             # promotion put follows the spawn, off the hand-over's path (hold)
-            return Outcome.HELD, c.proven_rev, spare.take()
+            return Outcome.HELD, c.proven_rev, spare.take(), free_at
         if not c.promote():  # my key vanished while I waited: never run on a stale view
-            return Outcome.LOST, 0, NO_SPARE
-        return Outcome.HELD, c.promoted_rev, spare.take()
+            return Outcome.LOST, 0, NO_SPARE, free_at
+        return Outcome.HELD, c.promoted_rev, spare.take(), free_at
     finally:
         spare.discard()  # whatever was not taken
 
