@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from conch.clicommon import CMD_SETTINGS, command_globals, connect, global_options, run_command
+from conch.completion import elect_names, sema_names
 from conch.errors import EXIT_NO_HOLDER, UsageError
 from conch.options import Globals
 
@@ -215,7 +216,7 @@ def _common_run(
 
 
 @cli.command(context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=elect_names)
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @_run_options
 @click.option("--restart", is_flag=True, help="keep the office; rerun the child when it exits")
@@ -236,7 +237,7 @@ def elect(ctx: click.Context, name: str, cmd: tuple[str, ...], **kw: Any) -> int
 
 
 @cli.command(context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=sema_names)
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @click.option("--max", "slots", type=click.IntRange(min=1), required=True, metavar="N",
               help="number of slots")  # fmt: skip

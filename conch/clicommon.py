@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from conch import __version__
+from conch.completion import files
 from conch.errors import EXIT_UNAVAILABLE, ConchError
 from conch.options import Globals
 
@@ -40,9 +41,12 @@ def global_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="etcd endpoints of one cluster [default: http://127.0.0.1:2379]"),
         click.option("--prefix", envvar="CONCH_PREFIX", default="/conch/", show_default=True,
                      help="key namespace"),
-        click.option("--cacert", envvar="CONCH_CACERT", metavar="FILE", help="TLS CA bundle"),
-        click.option("--cert", envvar="CONCH_CERT", metavar="FILE", help="TLS client cert"),
-        click.option("--key", envvar="CONCH_KEY", metavar="FILE", help="TLS client key"),
+        click.option("--cacert", envvar="CONCH_CACERT", metavar="FILE", help="TLS CA bundle",
+                     shell_complete=files),
+        click.option("--cert", envvar="CONCH_CERT", metavar="FILE", help="TLS client cert",
+                     shell_complete=files),
+        click.option("--key", envvar="CONCH_KEY", metavar="FILE", help="TLS client key",
+                     shell_complete=files),
         click.option("--user", envvar="CONCH_USER", metavar="NAME[:PASSWORD]",
                      help="etcd user (password also from CONCH_PASSWORD)"),
         click.option("--dial-timeout", envvar="CONCH_DIAL_TIMEOUT", default="5s",

@@ -56,16 +56,26 @@ def lease_hex(lease_id: int) -> str:
     return format(lease_id, "016x")
 
 
+def elect_root(prefix: str) -> bytes:
+    """The range holding the candidates of every office (ends with '/')."""
+    return f"{normalize_prefix(prefix)}elect/".encode()
+
+
+def sema_root(prefix: str) -> bytes:
+    """The range holding the contenders of every semaphore (ends with '/')."""
+    return f"{normalize_prefix(prefix)}sema/".encode()
+
+
 def elect_dir(prefix: str, name: str) -> bytes:
     """The range holding every candidate of office NAME (ends with '/')."""
-    return f"{normalize_prefix(prefix)}elect/{encode_name(name)}/".encode()
+    return elect_root(prefix) + f"{encode_name(name)}/".encode()
 
 
 def sema_dir(prefix: str, name: str, slots: int) -> bytes:
     """The range holding every contender of semaphore NAME with --max N (ends with '/')."""
     if slots < 1:
         raise ValueError("--max must be at least 1")
-    return f"{normalize_prefix(prefix)}sema/{encode_name(name)}/{slots}/".encode()
+    return sema_root(prefix) + f"{encode_name(name)}/{slots}/".encode()
 
 
 def member_key(directory: bytes, lease_id: int) -> bytes:

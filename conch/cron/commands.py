@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from conch.clicommon import CMD_SETTINGS, GLOBAL_PARAMS, connect, global_options, globals_from
+from conch.completion import cron_jobs, cron_jobs_to_replace, time_zones
 from conch.cron.model import HISTORY, MAX_HISTORY, MAX_RETRIES
 from conch.errors import EXIT_NOT_ACQUIRED, EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
@@ -69,7 +70,7 @@ def cron(**_: Any) -> None:
 
 
 @cron.command("add", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs_to_replace)
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @click.option(
     "--schedule",
@@ -81,6 +82,7 @@ def cron(**_: Any) -> None:
 @click.option(
     "--tz",
     default="UTC",
+    shell_complete=time_zones,
     show_default=True,
     metavar="ZONE",
     help="IANA time zone the cron expression is read in",
@@ -280,7 +282,7 @@ def cron_ls(ctx: click.Context, as_json: bool, **kw: Any) -> int:
 
 
 @cron.command("rm", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @global_options
 @click.pass_context
 def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
@@ -294,7 +296,7 @@ def cron_rm(ctx: click.Context, name: str, **kw: Any) -> int:
 
 
 @cron.command("run", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @click.option("--wait", is_flag=True,
               help="wait for the result: print the output, exit with the job's code")  # fmt: skip
 @click.option("--timeout", "timeout_text", default="60s", show_default=True, metavar="D",
@@ -386,7 +388,7 @@ def _manual_exit(label: str, got: Any, printed: bool) -> int:
 
 
 @cron.command("suspend", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @global_options
 @click.pass_context
 def cron_suspend(ctx: click.Context, name: str, **kw: Any) -> int:
@@ -395,7 +397,7 @@ def cron_suspend(ctx: click.Context, name: str, **kw: Any) -> int:
 
 
 @cron.command("resume", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @global_options
 @click.pass_context
 def cron_resume(ctx: click.Context, name: str, **kw: Any) -> int:
@@ -414,7 +416,7 @@ def _suspend(ctx: click.Context, name: str, suspended: bool, kw: dict[str, Any])
 
 
 @cron.command("show", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @click.option("--json", "as_json", is_flag=True, help="one JSON document (docs/cron.md)")
 @global_options
 @click.pass_context
@@ -434,7 +436,7 @@ def cron_show(ctx: click.Context, name: str, as_json: bool, **kw: Any) -> int:
 
 
 @cron.command("logs", context_settings=CMD_SETTINGS)
-@click.argument("name")
+@click.argument("name", shell_complete=cron_jobs)
 @click.option("--tick", "tick_text", metavar="T", help="the run of this tick (as `ls` shows it)")
 @click.option("--last", type=int, default=1, show_default=True, metavar="K",
               help="the K newest runs")  # fmt: skip

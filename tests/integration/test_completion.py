@@ -1,0 +1,220 @@
+"""Shell completion (docs/completion.md) as a user's shell does it: real bash sources the script
+`_CONCH_COMPLETE=bash_source conch` prints and calls its completion function with COMP_WORDS
+and COMP_CWORD set, which runs conch against the session etcd. Every wait polls with a
+deadline."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+BASH = shutil.which("bash")
+SH = "/bin/sh"
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
+
+
+@pytest.fixture(scope="module")
+def conch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a `conch` that runs this checkout with this interpreter: the script
+    bash sources runs the command it completes by its name, from PATH."""
+    d = tmp_path_factory.mktemp("bin")
+    exe = d / "conch"
+    exe.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m conch "$@"\n')
+    exe.chmod(0o755)
+    return d
+
+
+def source(shell: str, conch_dir: Path) -> str:
+    """The completion script `conch` prints for `shell` (bash, zsh, fish)."""
+    env = {**os.environ, "_CONCH_COMPLETE": f"{shell}_source"}
+    env["PATH"] = f"{conch_dir}{os.pathsep}{env.get('PATH', '')}"
+    r = subprocess.run([str(conch_dir / "conch")], env=env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def bash_script(conch_dir: Path) -> tuple[Path, str]:
+    """(the bash completion script, the name of the function it registers for `conch`)."""
+    text = source("bash", conch_dir)
+    m = re.search(r"complete\b.*-F (\S+) conch\b", text)
+    assert m, text
+    path = conch_dir / "conch-complete.bash"
+    path.write_text(text)
+    return path, m.group(1)
+
+
+class Completed:
+    def __init__(self, r: subprocess.CompletedProcess[str], seconds: float) -> None:
+        self.words = r.stdout.split("\n")[:-1]  # one candidate a line
+        self.returncode, self.stderr, self.seconds = r.returncode, r.stderr, seconds
+
+
+@pytest.fixture
+def complete(
+    bash_script: tuple[Path, str], conch_dir: Path, conch_env: dict[str, str]
+) -> Iterator[Any]:
+    """complete("conch cron rm ba") -> what bash offers for the last word (`"conch cron rm "`:
+    for an empty one), in the environment of the `conch` fixture unless `env` is given."""
+    path, func = bash_script
+
+    def run(line: str, env: dict[str, str] | None = None) -> Completed:
+        words = line.split(" ")
+        script = (
+            f". {shlex.quote(str(path))}\n"
+            f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+            f"COMP_CWORD={len(words) - 1}\n"
+            f"COMP_LINE={shlex.quote(line)}\n"
+            f"COMP_POINT={len(line)}\n"
+            "COMPREPLY=()\n"
+            f"{func} conch {shlex.quote(words[-1])} {shlex.quote(words[-2])} || exit 99\n"
+            'for w in "${COMPREPLY[@]}"; do printf "%s\\n" "$w"; done\n'
+        )
+        e = {**(env if env is not None else conch_env)}
+        e["PATH"] = f"{conch_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        t0 = time.monotonic()
+        r = subprocess.run([BASH or "bash", "--norc", "--noprofile", "-c", script], env=e,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        return Completed(r, time.monotonic() - t0)
+
+    return run
+
+
+def offered(c: Completed) -> list[str]:
+    """The candidates, after checking that completing went quietly."""
+    assert c.returncode == 0, c.stderr
+    assert c.stderr == ""
+    return c.words
+
+
+def test_bash_completes_subcommands_of_conch_and_of_the_lazy_cron_group(complete):
+    assert offered(complete("conch cr")) == ["cron"]
+    assert offered(complete("conch ")) == ["cron", "dev", "elect", "sema"]
+    assert offered(complete("conch cron s")) == ["show", "suspend"]
+    assert offered(complete("conch cron r")) == ["resume", "rm", "run"]
+
+
+def test_bash_completes_options_and_choices(complete):
+    assert offered(complete("conch cron add x --hi")) == ["--history"]
+    assert offered(complete("conch --pre")) == ["--prefix"]
+    assert offered(complete("conch cron show x --js")) == ["--json"]
+    assert offered(complete("conch cron add x --overlap ")) == ["forbid", "allow"]
+    assert offered(complete("conch cron add x --tz Europe/Berl")) == ["Europe/Berlin"]
+
+
+def test_bash_completes_job_names_from_etcd(conch, conch_env, complete):
+    for name in ("backup", "batch", "bench", "nightly"):
+        r = conch.run("cron", "add", name, "--schedule", "@daily", "--", "true")
+        assert r.returncode == 0, r.stderr
+    other = conch_env["CONCH_PREFIX"] + "other/"
+    r = conch.run("cron", "add", "bait", "--schedule", "@daily", "--prefix", other, "--", "true")
+    assert r.returncode == 0, r.stderr
+
+    assert offered(complete("conch cron rm ba")) == ["backup", "batch"]
+    for sub in ("run", "show", "logs", "suspend", "resume"):
+        assert offered(complete(f"conch cron {sub} ")) == ["backup", "batch", "bench", "nightly"]
+    assert offered(complete("conch cron logs --last 2 n")) == ["nightly"]
+    assert offered(complete("conch cron rm x")) == []
+    # `add` offers the existing jobs only to --replace
+    assert offered(complete("conch cron add --replace be")) == ["bench"]
+    assert offered(complete("conch cron add be")) == []
+    # the global options on the line being completed win over the environment, wherever given
+    assert offered(complete(f"conch --prefix {other} cron rm ba")) == ["bait"]
+    assert offered(complete(f"conch cron --prefix {other} show ")) == ["bait"]
+    assert offered(complete(f"conch cron show --prefix {other} b")) == ["bait"]
+    env = {**conch_env, "CONCH_PREFIX": other}
+    assert offered(complete("conch cron rm ", env=env)) == ["bait"]
+    # what completed is what the command takes
+    r = conch.run("cron", "rm", "batch")
+    assert r.returncode == 0, r.stderr
+    assert offered(complete("conch cron rm ba")) == ["backup"]
+
+
+def test_bash_completes_held_office_and_semaphore_names(conch, complete):
+    conch.start("elect", "office-a", "--", SH, "-c", "sleep 300")
+    conch.start("sema", "pool-a", "--max", "2", "--", SH, "-c", "sleep 300")
+    wait_for(lambda: conch.who("elect", "office-a")["holders"], what="the office held")
+    wait_for(lambda: conch.who("sema", "pool-a", "--max", "2")["holders"], what="a slot held")
+    assert offered(complete("conch elect off")) == ["office-a"]
+    assert offered(complete("conch sema ")) == ["pool-a"]
+    assert offered(complete("conch sema --max 2 p")) == ["pool-a"]
+    assert offered(complete("conch elect pool")) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_etcd_no_names_quickly_and_quietly(complete, conch_env):
+    env = {**conch_env, "CONCH_ENDPOINTS": f"http://127.0.0.1:{_closed_port()}"}
+    c = complete("conch cron rm ba", env=env)
+    assert offered(c) == []
+    assert c.seconds < 3, c.seconds  # the look-up gives up after 1 s; the rest is starting
+    # subcommands and options need no etcd
+    assert offered(complete("conch cron s", env=env)) == ["show", "suspend"]
+
+
+def test_an_etcd_that_never_answers_gives_no_names_within_the_budget(complete, conch_env):
+    # a listener that accepts connections and never says a word (its backlog completes the
+    # TCP handshake): the gRPC handshake hangs, and only the deadline ends the look-up
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        env = {**conch_env, "CONCH_ENDPOINTS": f"http://127.0.0.1:{s.getsockname()[1]}"}
+        for line in ("conch cron rm ba", "conch elect o", "conch --dial-timeout 30s cron run "):
+            c = complete(line, env=env)
+            assert offered(c) == []
+            assert c.seconds < 3, (line, c.seconds)
+
+
+def test_bad_global_options_give_no_names_and_no_error(complete, conch_env):
+    lines = (
+        "conch --endpoints ftp://x cron rm b",
+        "conch --dial-timeout bogus cron rm b",
+        "conch --cacert /nonexistent cron show b",
+        "conch --user bob cron rm b",  # no password
+    )
+    for line in lines:
+        assert offered(complete(line)) == [], line
+
+
+def test_zsh_and_fish_scripts(conch_dir):
+    zsh = source("zsh", conch_dir)
+    assert zsh.startswith("#compdef conch") and "_CONCH_COMPLETE=zsh_complete" in zsh
+    fish = source("fish", conch_dir)
+    assert "complete --no-files --command conch" in fish
+    assert "_CONCH_COMPLETE=fish_complete" in fish
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_reads_its_script(conch_dir, tmp_path):
+    path = tmp_path / "_conch"
+    path.write_text(source("zsh", conch_dir))
+    r = subprocess.run(["zsh", "-n", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_reads_its_script(conch_dir, tmp_path):
+    path = tmp_path / "conch.fish"
+    path.write_text(source("fish", conch_dir))
+    r = subprocess.run(["fish", "--no-execute", str(path)], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
