@@ -38,7 +38,9 @@ class _Conch(click.Group):
 @click.group(cls=_Conch, context_settings=CMD_SETTINGS)
 @global_options
 def cli(**_: Any) -> None:
-    """Coordination primitives for shell users over etcd: elect, sema, dev.
+    """Coordination primitives for shell users over etcd: elect, sema, cron, dev.
+
+    conchd, a separate command, is the cron daemon: it runs the `conch cron` jobs.
 
     Global options may come before or after the command name; each also from an
     environment variable (CONCH_ENDPOINTS, else ETCDCTL_ENDPOINTS; CONCH_PREFIX; ...).
