@@ -39,7 +39,9 @@ class _Conch(click.Group):
 @click.group(cls=_Conch, context_settings=CMD_SETTINGS)
 @global_options
 def cli(**_: Any) -> None:
-    """Coordination primitives for shell users over etcd: elect, sema, dev.
+    """Coordination primitives for shell users over etcd: elect, sema, cron, dev.
+
+    conchd, a separate command, is the cron daemon: it runs the `conch cron` jobs.
 
     Global options may come before or after the command name; each also from an
     environment variable (CONCH_ENDPOINTS, else ETCDCTL_ENDPOINTS; CONCH_PREFIX; ...).
@@ -259,8 +261,10 @@ def sema(ctx: click.Context, name: str, cmd: tuple[str, ...], slots: int, **kw: 
 
 
 @cli.command(context_settings=CMD_SETTINGS)
-@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65533), default=2379, show_default=True)
+@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="etcd members, on loopback")  # fmt: skip
+@click.option("--port", type=click.IntRange(1, 65533), default=2379, show_default=True,
+              help="client port (3 members: PORT, PORT+1, PORT+2)")  # fmt: skip
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @global_options
 @click.pass_context
