@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import click
 
 from conch.clicommon import CMD_SETTINGS, command_globals, connect, global_options, run_command
-from conch.errors import EXIT_NO_HOLDER, UsageError
+from conch.errors import EXIT_NO_HOLDER, EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
 
 # groups of commands that live in their own package, imported only when used (or listed by
@@ -110,6 +110,8 @@ def _common_run(
             raise UsageError("--who takes no command")
         options.client_config(g)  # validate before connecting
         client = connect(g)
+        from conch.client import EtcdError
+
         try:
             if kind == "elect":
                 from conch import elect
@@ -119,6 +121,9 @@ def _common_run(
                 from conch import sema
 
                 doc = sema.who(client, prefix, name, slots)
+        except EtcdError as e:  # refused (no read access to the prefix) or unreachable: 69,
+            # never 1, which would say "nobody holds it"
+            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
         finally:
             client.close()
         what = f"elect {name!r}" if kind == "elect" else f"sema {name!r} --max {slots}"
