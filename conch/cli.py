@@ -15,7 +15,7 @@ import click
 
 from conch.clicommon import CMD_SETTINGS, command_globals, connect, global_options, run_command
 from conch.completion import elect_names, sema_names
-from conch.errors import EXIT_NO_HOLDER, UsageError
+from conch.errors import EXIT_NO_HOLDER, EXIT_UNAVAILABLE, ConchError, UsageError
 from conch.options import Globals
 
 # groups of commands that live in their own package, imported only when used (or listed by
@@ -70,19 +70,14 @@ def _watch_who(
     client: Any, directory: bytes, slots: int, name: str, as_json: bool, patience: float
 ) -> int:
     """`--who --watch`: one line (or JSON document) now and per change, until a signal (130 on
-    SIGINT: click's Abort; SIGTERM ends the process: 143); 69 when etcd stops answering for
-    longer than --dial-timeout."""
+    SIGINT: click's Abort; SIGTERM ends the process: 143); EtcdError (69) when etcd stops
+    answering for longer than --dial-timeout."""
     from conch import contend
-    from conch.client import EtcdError
-    from conch.errors import EXIT_UNAVAILABLE, ConchError
 
     def emit(doc: dict[str, Any]) -> None:
         click.echo(json.dumps(doc) if as_json else _who_line(doc))
 
-    try:
-        contend.follow(client, directory, slots, name, emit, patience)
-    except EtcdError as e:
-        raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
+    contend.follow(client, directory, slots, name, emit, patience)
     return 0  # not reached: follow() returns only by an exception
 
 
@@ -159,6 +154,8 @@ def _common_run(
         cfg = options.client_config(g)  # validate before connecting
         client = connect(g)
         what = f"elect {name!r}" if kind == "elect" else f"sema {name!r} --max {slots}"
+        from conch.client import EtcdError
+
         try:
             if kind == "elect":
                 from conch import elect
@@ -174,6 +171,9 @@ def _common_run(
                     directory = sema.directory(prefix, name, slots)
                     return _watch_who(client, directory, slots, name, as_json, cfg.dial_timeout)
                 doc = sema.who(client, prefix, name, slots)
+        except EtcdError as e:  # refused (no read access to the prefix) or unreachable: 69,
+            # never 1, which would say "nobody holds it"
+            raise ConchError(f"etcd unavailable: {e}", EXIT_UNAVAILABLE) from None
         finally:
             client.close()
         return _print_who(doc, as_json, quiet, what)
