@@ -796,10 +796,15 @@ class Client:
         self._connect(deadline)
 
     def _connect(self, deadline: float) -> None:
-        pb, _ = _pb()
-        self._unary("Maintenance", "Status", pb.StatusRequest(), deadline, use_token=False)
+        """The first call reaches an endpoint (and checks the cluster's identity, as every
+        answer does): with credentials it is Authenticate itself — etcd 3.6 and 3.5.28+ refuse
+        Maintenance.Status from a client that has not logged in once auth is on (etcd
+        #14663) — else an anonymous Status (a client certificate's CommonName logs in)."""
         if self._has_credentials():
             self._reauthenticate(None, deadline)
+        else:
+            pb, _ = _pb()
+            self._unary("Maintenance", "Status", pb.StatusRequest(), deadline, use_token=False)
         self._connected = True
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
