@@ -23,13 +23,15 @@ from seeds import parametrize_seeds
 
 pytestmark = [pytest.mark.invariant, pytest.mark.timeout(600)]
 
-# The CI set (~2 min on 2 cores): each seed injects every fault kind at least once. 58: --ttl 3s,
+# The CI set (~1.7 min on 2 cores): each seed injects every fault kind at least once, and since
+# issue 10 each has the operator's manual runs, a suspend/resume and retries. 58: --ttl 3s,
 # --kill-after 0.5s, `burst` every 2 s, a daemon fault during an etcd fault, and the skewed
-# daemon's clock steps 3.5 s forward; 7: --ttl 2s, --kill-after 1s, `burst` every 1 s, a
-# backward clock step. A lost claim answer is recognised and run late in both. 12: a forward
-# clock step before `cron rm` + `cron add` — it found two ways a tick ran twice (a daemon's own
-# finished claim taken for a lost answer; a low-water mark lowered by rm + add), now fixed.
-CI_SEEDS = [58, 7, 12]
+# daemon's clock steps 3.5 s forward; a lost claim answer is recognised and run late. 12: a
+# forward clock step before `cron rm` + `cron add` — it found two ways a tick ran twice (a
+# daemon's own finished claim taken for a lost answer; a low-water mark lowered by rm + add), now
+# fixed. Seed 7 (--ttl 2s, `burst` every 1 s, a backward clock step) was in the set until the
+# suite outgrew CI's 20 minutes; run it (and random seeds) by hand: `--seed 7`.
+CI_SEEDS = [58, 12]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,12 +20,14 @@ from seeds import parametrize_seeds
 
 pytestmark = [pytest.mark.invariant, pytest.mark.timeout(600)]
 
-# The CI set (~3.5 min on 2 cores with the checker and broken-conch tests): each seed injects
+# The CI set (~2.5 min on 2 cores with the checker and broken-conch tests): each seed injects
 # every fault kind at least once; between them they cover elect --restart services (3: 3
 # services, children ignoring SIGTERM; 8: 4 services, two compound faults), elect jobs (6: 5
-# contenders, long jobs), sema --max 3 (5: 6 contenders), --max 2 (12: 5 contenders, a compound
-# fault) and --max 1 (25), --ttl 2s and 3s, --kill-after 0.5s and 1s.
-CI_SEEDS = [3, 8, 6, 5, 12, 25]
+# contenders, long jobs), sema --max 3 (5: 6 contenders), --ttl 2s and 3s, --kill-after 0.5s
+# and 1s. Seeds 12 (sema --max 2, 5 contenders, a compound fault) and 25 (--max 1) were in the
+# set until the suite outgrew CI's 20 minutes; run them (and random seeds) by hand:
+# `--seed 12,25`.
+CI_SEEDS = [3, 8, 6, 5]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
