@@ -192,10 +192,9 @@ def _common_run(
     run_opts["secret"] = cfg.password
     metrics = None
     if metrics_addr is not None:  # bound before etcd is touched: a busy port writes nothing
-        from conch.cron.metrics import parse_metrics_addr
         from conch.holdmetrics import HoldMetrics
 
-        host, port = parse_metrics_addr(metrics_addr)
+        host, port = options.metrics_addr(metrics_addr)
         metrics = HoldMetrics(host, port, kind, name)
 
     from conch import core

@@ -140,11 +140,7 @@ class Claimer:
         if not wants:
             return
         try:
-            claims = store.claim_many(
-                self.client, self.prefix, wants, daemon=self.daemon_id,
-                claim_id=self.claim_id, host=self.host, lease=s.lease_id,
-                now=rfc3339(time.time()), timeout=CLAIM_TIMEOUT,
-            )  # fmt: skip
+            claims = self._claim_many(wants, s, CLAIM_TIMEOUT)
         except EtcdClusterChanged:
             raise
         except EtcdError as e:  # may have committed: the retry finds its own record
@@ -161,6 +157,13 @@ class Claimer:
             if not pending:
                 del requests[w.job.name]
             self._claimed(w.job, w.tick, c, s.lease_id)
+
+    def _claim_many(self, wants: list[ClaimRequest], s: Session, timeout: float) -> list[Claim]:
+        """store.claim_many as this daemon, on its lease, now."""
+        return store.claim_many(
+            self.client, self.prefix, wants, daemon=self.daemon_id, claim_id=self.claim_id,
+            host=self.host, lease=s.lease_id, now=rfc3339(time.time()), timeout=timeout,
+        )  # fmt: skip
 
     def _rank(self, name: str) -> int:
         r = self._ranks.get(name)
@@ -205,11 +208,7 @@ class Claimer:
         left = min(due.following.timestamp() for _, due in batch) - self._clock()
         wants = [ClaimRequest(st.job, st.rev, tick_of(due.tick)) for st, due in batch]
         try:
-            claims = store.claim_many(
-                self.client, self.prefix, wants, daemon=self.daemon_id,
-                claim_id=self.claim_id, host=self.host, lease=s.lease_id,
-                now=rfc3339(time.time()), timeout=max(0.5, min(CLAIM_TIMEOUT, left)),
-            )  # fmt: skip
+            claims = self._claim_many(wants, s, max(0.5, min(CLAIM_TIMEOUT, left)))
         except EtcdClusterChanged:
             raise
         except EtcdError as e:

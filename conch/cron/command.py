@@ -92,7 +92,7 @@ def conchd(
     from conch import options
     from conch.client import Client, EtcdAuthError, EtcdError
     from conch.cron.daemon import Daemon
-    from conch.cron.metrics import Metrics, NoMetrics, parse_metrics_addr
+    from conch.cron.metrics import Metrics, NoMetrics
     from conch.cron.model import labels_of
 
     g, verbose, quiet = command_globals(ctx, kw)
@@ -106,7 +106,7 @@ def conchd(
         labels = labels_of(label, "--label")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    addr = parse_metrics_addr(metrics_addr) if metrics_addr is not None else None
+    addr = options.metrics_addr(metrics_addr) if metrics_addr is not None else None
     metrics: NoMetrics = Metrics(*addr) if addr is not None else NoMetrics()
     if addr is not None:
         log.info("metrics on http://%s:%d/metrics", *addr)

@@ -20,21 +20,6 @@ class ClaimResult(enum.Enum):
     BEHIND = "behind"  # a newer tick of the job was already claimed, or the job is newer
 
 
-def parse_metrics_addr(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (every interface) -> (host, port). UsageError."""
-    t = text.strip()
-    if t.startswith("["):
-        host, sep, rest = t[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        ok = bool(sep and host and port)
-    else:
-        host, sep, port = t.rpartition(":")
-        ok = bool(sep) and ":" not in host
-    if not ok or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"--metrics-addr: expected HOST:PORT (port 1-65535), got {text!r}")
-    return host or "0.0.0.0", int(port)
-
-
 class NoMetrics:
     """The metrics interface when --metrics-addr is not given: does nothing."""
 

@@ -646,8 +646,8 @@ def _failed_claim(w: ClaimRequest, responses: list[Any], claim_id: str) -> Claim
 
 def _is_own_claim(stored: RunRecord, kv: KeyValue, claim_id: str) -> bool:
     """Whether a run record is the claim of daemon process `claim_id`, as claimed and never
-    rewritten since — not a `missed` record (no claim: conch.cron.claimer writes it for ticks
-    nobody claimed, with an empty claim id; an older one may carry the daemon's)."""
+    rewritten since — never a `missed` record (conch.cron.claimer writes those, claim id empty,
+    for ticks nobody claimed)."""
     return stored.claim == claim_id and kv.version == 1 and stored.status != RunStatus.MISSED
 
 

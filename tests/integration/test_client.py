@@ -92,17 +92,6 @@ def client(etcd: LocalCluster) -> Iterator[Client]:
         c.close()
 
 
-@pytest.fixture
-def own_etcd() -> Iterator[LocalCluster]:
-    """A single-node etcd of this test's own, free to be stopped and restarted."""
-    cluster = LocalCluster(nodes=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 # ---------------------------------------------------------------------------------------
 # import cost
 # ---------------------------------------------------------------------------------------

@@ -354,22 +354,11 @@ def _stop_like_systemd(p: subprocess.Popen[str], unit_path: Path) -> int:
     return rc
 
 
-@pytest.fixture
-def rbac_etcd() -> Iterator[LocalCluster]:
-    """A single-node etcd of this test's own: the page's block enables auth on it."""
-    cluster = LocalCluster(nodes=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def test_the_rbac_block_confines_conch_to_its_prefix(
-    rbac_etcd: LocalCluster, tmp_path: Path
+    own_etcd: LocalCluster, tmp_path: Path
 ) -> None:
     prefix = "/conch-ops/"
-    endpoints = rbac_etcd.endpoints_csv
+    endpoints = own_etcd.endpoints_csv
     admin = _admin_env(prefix, {"ETCDCTL_ENDPOINTS": endpoints})
     _set_up_rbac(admin)
 

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conch import keys
+from conch import keys, options
 from conch.cron import listing, model
-from conch.cron.metrics import parse_metrics_addr
 from conch.errors import UsageError
 
 TICKS = st.integers(min_value=0, max_value=10**12 * 1_000_000 - 1)
@@ -247,14 +246,14 @@ def test_format_table() -> None:
      ("[::1]:9100", ("::1", 9100)), ("localhost:1", ("localhost", 1))],
 )  # fmt: skip
 def test_parse_metrics_addr(text: str, addr: tuple[str, int]) -> None:
-    assert parse_metrics_addr(text) == addr
+    assert options.metrics_addr(text) == addr
 
 
 @pytest.mark.parametrize("bad", ["", "9100", "host:", "host:0", "host:65536", "::1:9100", "[::1]",
                                  "[::1]9100", "h:port", "h:９１"])  # fmt: skip
 def test_parse_metrics_addr_rejects(bad: str) -> None:
     with pytest.raises(UsageError):
-        parse_metrics_addr(bad)
+        options.metrics_addr(bad)
 
 
 def test_a_records_output_is_stored_apart_and_an_old_records_is_still_read() -> None:
