@@ -127,6 +127,10 @@ def run_command(command: click.Command, argv: list[str] | None, prog: str) -> No
     """Run a click command as a program: every failure is one `PROG: error: ...` line on stderr
     and its documented exit code; a traceback only with -v."""
     _state["prog"] = prog
+    if f"_{prog.upper()}_COMPLETE" in os.environ:  # click's completion protocol
+        from conch.completion import use_own_scripts
+
+        use_own_scripts()
     _exit(_run(command, argv))
 
 

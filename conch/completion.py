@@ -42,6 +42,26 @@ MAX_KEYS = 1000
 _WHERE = ("endpoints", "prefix", "cacert", "cert", "key", "user", "dial_timeout")
 
 
+def use_own_scripts() -> None:
+    """Have click print conch's zsh script (ZshScript) for `_PROG_COMPLETE=zsh_source`.
+    Called only when completing or printing a script: it imports click.shell_completion."""
+    from click.shell_completion import ZshComplete, add_completion_class
+
+    class ZshScript(ZshComplete):
+        """click's zsh script with its function named `_PROG`, as the file on $fpath is named
+        (docs/completion.md). zsh autoloads such a file as the body of `_PROG` and runs it at
+        the first TAB: the body redefines `_PROG` as the completion function and calls it; later
+        TABs call that function. click's own name, `_PROG_completion`, leaves `_PROG` the whole
+        file, whose second run registers the function instead of completing: the second TAB of
+        every shell session offered nothing (seen in tests/integration/test_completion.py)."""
+
+        @property
+        def func_name(self) -> str:
+            return "_" + super().func_name.removeprefix("_").removesuffix("_completion")
+
+    add_completion_class(ZshScript, "zsh")
+
+
 def files(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Let the shell complete a file name (the options that take a FILE)."""
     from click.shell_completion import CompletionItem

@@ -1,7 +1,9 @@
 """Shell completion (docs/completion.md) as a user's shell does it: real bash sources the script
 `_CONCH_COMPLETE=bash_source conch` prints and calls its completion function with COMP_WORDS
-and COMP_CWORD set, which runs conch against the session etcd. Every wait polls with a
-deadline."""
+and COMP_CWORD set, which runs conch against the session etcd; an interactive zsh on a
+pseudo-terminal completes with its own completion system, the script installed on $fpath or
+eval'd; fish answers `complete -C`. Every wait polls with a deadline. zsh and fish are skipped
+where they are not installed (.ci/run installs them)."""
 
 from __future__ import annotations
 
@@ -203,7 +205,139 @@ def test_zsh_and_fish_scripts(conch_dir):
     assert "_CONCH_COMPLETE=fish_complete" in fish
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+# -- zsh: its real completion system (compinit) in an interactive zsh on a pseudo-terminal ------
+ZSH = shutil.which("zsh")
+
+
+class ZshLine:
+    """An interactive `zsh -f` on a pseudo-terminal with compinit loaded and conch's script
+    installed as a user would (`fpath`: the file `_conch` on $fpath; `eval`: eval'd after
+    compinit). complete(line) types the line and a key bound to a widget that runs zsh's
+    complete-word, then writes the edited line to a file: what TAB made of it."""
+
+    def __init__(self, install: str, script: Path, env: dict[str, str], out: Path) -> None:
+        import pty
+        import threading
+
+        self.out = out
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [ZSH or "zsh", "-f", "-i"], stdin=slave, stdout=slave, stderr=slave,
+            env={**env, "TERM": "dumb"}, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.master = master
+        self.screen = bytearray()  # what zsh wrote, for failure messages
+        threading.Thread(target=self._drain, daemon=True).start()
+        if install == "fpath":
+            self._send(f"fpath=({shlex.quote(str(script.parent))} $fpath)\n")
+        self._send("autoload -Uz compinit && compinit -u -D\n")
+        if install == "eval":
+            self._send(f'eval "$(cat {shlex.quote(str(script))})"\n')
+        self._send(
+            'tab() { zle complete-word; print -r -- "[$BUFFER]" >> '
+            f"{shlex.quote(str(out))}; zle send-break; }}; zle -N tab; bindkey '^X' tab\n"
+        )
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.screen.extend(data)
+
+    def _send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def _lines(self) -> list[str]:
+        return self.out.read_text().splitlines() if self.out.exists() else []
+
+    def complete(self, line: str) -> str:
+        n = len(self._lines())
+        self._send(line + "\x18")
+        try:
+            wait_for(lambda: len(self._lines()) > n, timeout=20, what=f"zsh completing {line!r}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; zsh wrote: {bytes(self.screen)[-2000:]!r}") from None
+        return self._lines()[-1][1:-1]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture(params=["fpath", "eval"])
+def zsh_line(request, conch_dir, conch_env, tmp_path) -> Iterator[ZshLine]:
+    if ZSH is None:
+        pytest.skip("zsh is not installed (.ci/run installs it)")
+    script = tmp_path / "zfunc" / "_conch"
+    script.parent.mkdir()
+    script.write_text(source("zsh", conch_dir))
+    env = {**conch_env, "PATH": f"{conch_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    session = ZshLine(request.param, script, env, tmp_path / "lines")
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def test_zsh_completes_commands_options_and_job_names_at_every_tab(conch, zsh_line):
+    """Each line twice in one shell: an autoloaded completion function must complete at its
+    second call too (click's own script, installed on $fpath, did nothing at the second TAB of
+    every session)."""
+    for name in ("backup", "nightly"):
+        r = conch.run("cron", "add", name, "--schedule", "@daily", "--", "true")
+        assert r.returncode == 0, r.stderr
+    expected = {
+        "conch cr": "conch cron ",
+        "conch cron add x --hi": "conch cron add x --history ",
+        "conch cron rm ba": "conch cron rm backup ",
+        "conch cron logs n": "conch cron logs nightly ",
+        "conch --pre": "conch --prefix ",
+    }
+    for line, completed in [*expected.items(), *expected.items()]:
+        assert zsh_line.complete(line) == completed, line
+
+
+# -- fish: its own `complete -C`, which asks the registered completions as TAB does ---------------
+FISH = shutil.which("fish")
+
+
+@pytest.fixture
+def fish_complete(conch_dir, conch_env, tmp_path):
+    if FISH is None:
+        pytest.skip("fish is not installed (.ci/run installs it)")
+    script = tmp_path / "conch.fish"
+    script.write_text(source("fish", conch_dir))
+    env = {**conch_env, "PATH": f"{conch_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def run(line: str) -> list[str]:
+        command = f"source {shlex.quote(str(script))}; complete -C {shlex.quote(line)}"
+        r = subprocess.run([FISH or "fish", "--no-config", "-c", command], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return [c.split("\t", 1)[0] for c in r.stdout.splitlines()]  # candidate<TAB>help
+
+    return run
+
+
+def test_fish_completes_commands_options_and_job_names(conch, fish_complete):
+    for name in ("backup", "batch", "nightly"):
+        r = conch.run("cron", "add", name, "--schedule", "@daily", "--", "true")
+        assert r.returncode == 0, r.stderr
+    assert fish_complete("conch cr") == ["cron"]
+    assert fish_complete("conch cron s") == ["show", "suspend"]
+    assert fish_complete("conch cron add x --hi") == ["--history"]
+    assert fish_complete("conch cron add x --overlap ") == ["allow", "forbid"]
+    assert fish_complete("conch cron rm ba") == ["backup", "batch"]
+    assert fish_complete("conch cron run ") == ["backup", "batch", "nightly"]
+
+
+@pytest.mark.skipif(ZSH is None, reason="zsh is not installed (.ci/run installs it)")
 def test_zsh_reads_its_script(conch_dir, tmp_path):
     path = tmp_path / "_conch"
     path.write_text(source("zsh", conch_dir))
@@ -211,7 +345,7 @@ def test_zsh_reads_its_script(conch_dir, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+@pytest.mark.skipif(FISH is None, reason="fish is not installed (.ci/run installs it)")
 def test_fish_reads_its_script(conch_dir, tmp_path):
     path = tmp_path / "conch.fish"
     path.write_text(source("fish", conch_dir))
