@@ -11,6 +11,8 @@
   TimeoutStopSec) — every conchd metric the page lists served by that conchd, writes outside
   the prefix refused, and the read-only role of the page. Again over TLS, the confined user
   authenticated by its client certificate's CommonName alone.
+* The page's example environment files (conchd.env, elect-NAME.env) through the units'
+  ExecStart lines: their options work.
 * The page's backup and restore blocks: a restore keeps new tokens above every token issued
   before it (by --bump-revision where etcdutl has it, else by the unbumped restore and the
   advance-revision block), and running holders and waiters refuse the restored cluster.
@@ -35,7 +37,7 @@ import pytest
 from conftest import pid_gone, wait_for
 
 from conch.durations import parse_duration
-from conch.localetcd import LocalCluster, find_binary, free_port
+from conch.localetcd import LocalCluster, find_binary, free_port, port_available
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
@@ -259,6 +261,70 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not ours, out
 
 
+def _doc_env(tag: str, path: Path) -> dict[str, str]:
+    """The page's example environment file `tag`, read as systemd reads it."""
+    path.write_text(doc_block(tag))
+    return read_env_file(path)
+
+
+def test_the_pages_example_environment_files_hold_options_that_work(
+    conch_env: dict[str, str], tmp_path: Path
+) -> None:
+    """conchd.env's CONCHD_OPTS and elect-NAME.env's CONCH_ELECT_OPTS and CONCH_CMD, as the
+    page gives them, through the units' ExecStart against the session etcd: conchd serves its
+    metrics on the page's address (another port where that one is taken) and stops on
+    SIGTERM with 143; the elected command starts (the page's report-mailer stands in for a
+    program that exists: its path becomes `sh -c ...`'s)."""
+    opts = _doc_env("conchd-env", tmp_path / "conchd.env")["CONCHD_OPTS"]
+    m = re.search(r"--metrics-addr (\S+):(\d+)", opts)
+    assert m, opts
+    port = int(m[2]) if port_available(int(m[2])) else free_port()
+    opts = opts.replace(m[0], f"--metrics-addr 127.0.0.1:{port}")
+    (tmp_path / "conchd.env").write_text(f"CONCHD_OPTS={opts}\n")
+    (tmp_path / "conch.env").write_text(
+        f"CONCH_ENDPOINTS={conch_env['CONCH_ENDPOINTS']}\n"
+        f"CONCH_PREFIX={conch_env['CONCH_PREFIX']}\n"
+    )
+    argv, env = unit_process(CONCHD_UNIT, "", tmp_path, _base_env())
+    conchd = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: "conchd_session_up 1.0" in (_metrics_text(port) or ""),
+            timeout=30,
+            what="conchd's metrics, its session up",
+        )
+    finally:
+        rc = _stop_like_systemd(conchd, CONCHD_UNIT)
+        out = conchd.stdout.read() if conchd.stdout else ""
+    assert rc == 143, out
+
+    example = _doc_env("elect-env", tmp_path / "example.env")
+    program = example["CONCH_CMD"].split()[0]
+    started = tmp_path / "started"
+    stand_in = tmp_path / Path(program).name
+    stand_in.write_text(f'#!/bin/sh\necho "$@" > {started}\nexec sleep 300\n')
+    stand_in.chmod(0o755)
+    (tmp_path / "elect-report-mailer.env").write_text(
+        doc_block("elect-env").replace(program, str(stand_in))
+    )
+    argv, env = unit_process(ELECT_UNIT, "report-mailer", tmp_path, _base_env())
+    svc = subprocess.Popen(
+        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        args = wait_for(lambda: started.exists() and started.read_text().strip(), timeout=30,
+                        what="the elected command")  # fmt: skip
+        assert args.split() == example["CONCH_CMD"].split()[1:]
+    finally:
+        rc = _stop_like_systemd(svc, ELECT_UNIT)
+        out = svc.stdout.read() if svc.stdout else ""
+    assert rc == 143, out
+
+
 # -- (b) the RBAC blocks, then conch as the confined user -------------------------------------
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCH_", "ETCDCTL_"))}
@@ -330,15 +396,17 @@ def _metric_names_in_doc() -> tuple[set[str], set[str]]:
     return table, {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
 
 
-def _served_metrics(port: int) -> set[str]:
-    def fetch() -> str | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return r.read().decode()
-        except OSError:
-            return None
+def _metrics_text(port: int) -> str | None:
+    """conchd's /metrics page, or None while nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return None
 
-    text = wait_for(fetch, timeout=30, what="conchd's /metrics")
+
+def _served_metrics(port: int) -> set[str]:
+    text = wait_for(lambda: _metrics_text(port), timeout=30, what="conchd's /metrics")
     # every family has a HELP line, counted or not; prometheus_client adds NAME_created
     # gauges (when each labelled series began) beside the counters and histograms
     names = set(re.findall(r"^# HELP (conchd_\w+) ", text, re.M))
