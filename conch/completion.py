@@ -6,8 +6,8 @@ callbacks here complete the NAME of `conch cron rm|run|show|logs|suspend|resume`
 `cron add --replace`) from the job definitions, and the NAME of `conch elect|sema` from the
 offices and semaphores held or waited for right now. etcd is asked with the global options
 given on the command line being completed, else from the environment, like the command would;
-the whole look-up is bounded (COMPLETION_BUDGET): if etcd does not answer in time, or anything
-at all fails, there are no candidates, and nothing is printed.
+the whole look-up is bounded (COMPLETION_BUDGET, or CONCH_COMPLETION_TIMEOUT): if etcd does not
+answer in time, or anything at all fails, there are no candidates, and nothing is printed.
 
 Light on purpose: click only at import; grpc, the stubs and conch.options when a name is asked
 for.
@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 
     from conch.options import Globals
 
-# the longest a TAB waits for etcd (seconds), connecting included; the connection attempt gets
-# at most DIAL_BUDGET of it, whatever --dial-timeout says
+# the longest a TAB waits for etcd (seconds), connecting included, unless the environment's
+# CONCH_COMPLETION_TIMEOUT says otherwise; the connection attempt gets at most half of it,
+# whatever --dial-timeout says
 COMPLETION_BUDGET = 1.0
-DIAL_BUDGET = 0.5
+BUDGET_VARIABLE = "CONCH_COMPLETION_TIMEOUT"
 # the most keys read for one completion (a shell shows no more names usefully)
 MAX_KEYS = 1000
 
@@ -144,8 +145,9 @@ def _lookup(
     """The names under `directory(prefix)` starting with `incomplete`, sorted; [] if etcd does
     not answer within COMPLETION_BUDGET or anything fails. The look-up runs on a thread of its
     own, so that nothing (a slow DNS answer, a TLS handshake that hangs) holds the shell longer:
-    conch ends the process with os._exit right after completing."""
-    deadline = time.monotonic() + COMPLETION_BUDGET
+    conch ends the process with os._exit right after completing. The budget is etcd's: it
+    starts once grpc and the stubs are loaded (work of this process, which cannot hang, and
+    which takes several times longer on a busy machine)."""
     found: list[list[str]] = []
 
     def work() -> None:
@@ -153,10 +155,28 @@ def _lookup(
             found.append(_names(ctx, incomplete, directory, name_of, deadline))
 
     with _silenced():
+        try:
+            import conch.client  # noqa: F401
+        except Exception:
+            return []
+        budget = _budget()
+        deadline = time.monotonic() + budget
         worker = threading.Thread(target=work, name="conch-complete", daemon=True)
         worker.start()
-        worker.join(COMPLETION_BUDGET + 0.1)
+        worker.join(budget + 0.1)
     return found[0] if found else []
+
+
+def _budget() -> float:
+    """COMPLETION_BUDGET, or the duration in CONCH_COMPLETION_TIMEOUT when that is one (above
+    zero); a TAB has no way to report a bad value, so one is ignored."""
+    from conch.durations import parse_duration
+
+    try:
+        seconds = parse_duration(os.environ.get(BUDGET_VARIABLE, ""))
+    except ValueError:
+        return COMPLETION_BUDGET
+    return seconds if seconds > 0 else COMPLETION_BUDGET
 
 
 def _names(
@@ -175,12 +195,13 @@ def _names(
     g = command_line_globals(ctx)
     prefix = options.prefix(g)
     cfg = options.client_config(g)
-    cfg = replace(cfg, dial_timeout=min(cfg.dial_timeout, DIAL_BUDGET))
+    budget = deadline - time.monotonic()
+    cfg = replace(cfg, dial_timeout=min(cfg.dial_timeout, budget / 2))
     d = directory(prefix)
     # the keys of the names starting with `incomplete` (percent-encoding works character by
     # character: the encoding of a name's beginning begins the encoding of the name)
     start = d + quote(incomplete, safe="", encoding="utf-8", errors="strict").encode()
-    client = Client(cfg, call_timeout=COMPLETION_BUDGET, attempt_timeout=DIAL_BUDGET)
+    client = Client(cfg, call_timeout=budget, attempt_timeout=cfg.dial_timeout)
     try:
         client.connect()
         left = deadline - time.monotonic()

@@ -35,6 +35,9 @@ ENV_READ_IN_CODE: list[tuple[str, str, str]] = [
     ("CONCH_PASSWORD", "--user",
      "the password for `--user NAME` (prefer it to `NAME:PASSWORD`: argv is visible to other "
      "users of the host); not passed to the watchdog process"),
+    ("CONCH_COMPLETION_TIMEOUT", "TAB completion",
+     "how long a TAB waits for etcd to name jobs, offices and semaphores (a duration; default "
+     "1s, half of it for connecting): docs/completion.md"),
 ]  # fmt: skip
 
 # the variables a child sees on top of the environment of the conch (or conchd) that starts it:
