@@ -96,7 +96,7 @@ from cron_child import run_seconds
 from faults.proxy import Proxy
 from faults.shim import ClockControl, build, shim_env
 from invariant_checker import KILL_MEMBER, PAUSE_MEMBER, QUORUM_LOSS, Convergence
-from invariant_harness import _b64, _prefix_end, _proc_stat, heal
+from invariant_harness import _b64, _prefix_end, _proc_stat, heal, inject_all
 
 from conch.localetcd import LocalCluster, Member
 
@@ -1015,27 +1015,7 @@ class CronHarness:
         raise ValueError(plan.kind)
 
     def _inject_all(self, plan: FaultPlan) -> list[Fault]:
-        """Inject plan (and, for a compound fault, its second fault while the first goes on)."""
-        if plan.then is None:
-            f = self.inject(plan)
-            return [] if f is None else [f]
-        out: list[Fault | None] = [None, None]
-        errors: list[BaseException] = []
-
-        def first() -> None:
-            try:
-                out[0] = self.inject(plan)
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=first, name="cron-fault")
-        t.start()
-        time.sleep(plan.then_after)
-        out[1] = self.inject(plan.then)
-        t.join()
-        if errors:
-            raise errors[0]
-        return [dataclasses.replace(f, compound=True) for f in out if f is not None]
+        return inject_all(self.inject, plan, "cron-fault")
 
     def _settle(self, f: Fault) -> float:
         """When every effect of fault f has begun (then the state may converge)."""

@@ -715,27 +715,7 @@ class Harness:
         raise ValueError(plan.kind)
 
     def _inject_all(self, plan: FaultPlan) -> list[Fault]:
-        """Inject plan (and, for a compound fault, its second fault while the first goes on)."""
-        if plan.then is None:
-            f = self.inject(plan)
-            return [] if f is None else [f]
-        out: list[Fault | None] = [None, None]
-        errors: list[BaseException] = []
-
-        def first() -> None:
-            try:
-                out[0] = self.inject(plan)
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=first, name="invariant-fault")
-        t.start()
-        time.sleep(plan.then_after)
-        out[1] = self.inject(plan.then)
-        t.join()
-        if errors:
-            raise errors[0]
-        return [dataclasses.replace(f, compound=True) for f in out if f is not None]
+        return inject_all(self.inject, plan, "invariant-fault")
 
     def _settle(self, f: Fault) -> float:
         """When every effect of fault f has certainly begun (then the state may converge)."""
@@ -914,6 +894,32 @@ class Harness:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         heal(self.cluster)
+
+
+def inject_all(inject: Any, plan: Any, thread: str) -> list[Any]:
+    """`inject(plan)`'s fault, and for a compound plan (`plan.then`) its second fault too,
+    injected `plan.then_after` seconds into the first while that goes on (on a thread named
+    `thread`); both marked compound. The harnesses' plans and faults share these fields."""
+    if plan.then is None:
+        f = inject(plan)
+        return [] if f is None else [f]
+    out: list[Any] = [None, None]
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            out[0] = inject(plan)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=first, name=thread)
+    t.start()
+    time.sleep(plan.then_after)
+    out[1] = inject(plan.then)
+    t.join()
+    if errors:
+        raise errors[0]
+    return [dataclasses.replace(f, compound=True) for f in out if f is not None]
 
 
 def heal(cluster: LocalCluster) -> None:
