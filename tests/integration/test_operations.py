@@ -131,6 +131,16 @@ def conch_bin_dir() -> Path | None:
     return Path(found).parent if found else None
 
 
+def start_unit(unit_path: Path, instance: str, config: Path) -> subprocess.Popen[str]:
+    """The unit's main process as systemd starts it (unit_process), in a session of its own
+    (its cgroup here), output captured."""
+    argv, env = unit_process(unit_path, instance, config, _base_env())
+    return subprocess.Popen(
+        argv, env=env, cwd=config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """systemd's EnvironmentFile= format, as far as the page uses it: NAME=VALUE lines,
     comments, optional quotes around the value."""
@@ -285,11 +295,7 @@ def test_the_pages_example_environment_files_hold_options_that_work(
         f"CONCH_ENDPOINTS={conch_env['CONCH_ENDPOINTS']}\n"
         f"CONCH_PREFIX={conch_env['CONCH_PREFIX']}\n"
     )
-    argv, env = unit_process(CONCHD_UNIT, "", tmp_path, _base_env())
-    conchd = subprocess.Popen(
-        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    conchd = start_unit(CONCHD_UNIT, "", tmp_path)
     try:
         wait_for(
             lambda: "conchd_session_up 1.0" in (_metrics_text(port) or ""),
@@ -310,11 +316,7 @@ def test_the_pages_example_environment_files_hold_options_that_work(
     (tmp_path / "elect-report-mailer.env").write_text(
         doc_block("elect-env").replace(program, str(stand_in))
     )
-    argv, env = unit_process(ELECT_UNIT, "report-mailer", tmp_path, _base_env())
-    svc = subprocess.Popen(
-        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    svc = start_unit(ELECT_UNIT, "report-mailer", tmp_path)
     try:
         args = wait_for(lambda: started.exists() and started.read_text().strip(), timeout=30,
                         what="the elected command")  # fmt: skip
@@ -458,11 +460,7 @@ def test_the_rbac_block_confines_conch_to_its_prefix(
     _put_outside_is_denied({**admin, "ETCDCTL_USER": "conch", "ETCDCTL_PASSWORD": CONCH_PASSWORD})
 
     # conchd as its unit runs it: a manual run of a job, its metrics, then a systemd stop
-    argv, env = unit_process(CONCHD_UNIT, "", tmp_path, _base_env())
-    conchd = subprocess.Popen(
-        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    conchd = start_unit(CONCHD_UNIT, "", tmp_path)
     try:
         r = _conch(user, "cron", "add", "ops-echo", "--schedule", "@daily", "--", "echo", "hi")
         assert r.returncode == 0, r.stderr
@@ -492,12 +490,8 @@ def test_the_rbac_block_confines_conch_to_its_prefix(
     assert "[ops-echo] hi" in out and "stopped" in out, out
 
     # an elected service as its unit runs it: the command from its env file, stopped by systemd
-    argv, env = unit_process(ELECT_UNIT, "ops-service", tmp_path, _base_env())
-    assert argv[1:5] == ["elect", "ops-service", "--restart", "--ttl"]
-    svc = subprocess.Popen(
-        argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    svc = start_unit(ELECT_UNIT, "ops-service", tmp_path)
+    assert svc.args[1:5] == ["elect", "ops-service", "--restart", "--ttl"]
     try:
         line = wait_for(
             lambda: started.exists() and started.read_text().strip(), what="the service to start"
