@@ -488,11 +488,6 @@ class Watch:
         self.breaks = 0  # how many times the stream broke or was canceled (for tests/logs)
         self.reconnects = 0  # how many times it was re-established after that
 
-    @property
-    def next_revision(self) -> int:
-        """The revision the watch would resume from (last delivered revision + 1)."""
-        return self._next_rev
-
     # -- public ---------------------------------------------------------------------------
     def get(self, timeout: float | None) -> list[Event]:
         """Block until events arrive (return them) or timeout passes (return []).

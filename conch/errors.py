@@ -31,14 +31,6 @@ class Unavailable(ConchError):
     exit_code = EXIT_UNAVAILABLE
 
 
-class NotAcquired(ConchError):
-    exit_code = EXIT_NOT_ACQUIRED
-
-
-class LeaseLost(ConchError):
-    exit_code = EXIT_LEASE_LOST
-
-
 def child_exit_code(returncode: int) -> int:
     """Map a subprocess returncode to conch's exit code: the child's own code, or 128+S when
     the child was killed by signal S (Popen reports that as -S)."""

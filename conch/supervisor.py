@@ -35,7 +35,7 @@ import threading
 import time
 
 from conch import watchdog
-from conch.errors import EXIT_OSERR, ConchError, UsageError, child_exit_code
+from conch.errors import EXIT_OSERR, ConchError, UsageError
 
 # How long to wait for a SIGKILLed group to vanish before giving up (SIGKILL cannot be caught;
 # only a task stuck in uninterruptible sleep outlasts this).
@@ -48,11 +48,6 @@ _PIDFD_MAX_WAIT = 1.0
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
 # the system refused a process, a pipe or memory: not the command's fault (EX_OSERR)
 _NO_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
-
-
-def exit_code_for(returncode: int) -> int:
-    """conch's exit code for a child returncode: its own code, or 128+S if killed by signal S."""
-    return child_exit_code(returncode)
 
 
 def _open_pidfd(pid: int) -> int | None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from procs import state
 
-from conch.errors import ConchError
-from conch.supervisor import Child, exit_code_for
+from conch.errors import ConchError, child_exit_code
+from conch.supervisor import Child
 from conch.watchdog import EXIT_DISARMED, EXIT_FIRED, Watchdog, clock
 
 # Allowance for scheduling delays on a loaded 2-core machine.
@@ -219,7 +219,7 @@ def test_exit_code_of_a_child_that_exits_on_its_own(tracker: Tracker) -> None:
     c = tracker.child([sys.executable, "-c", "raise SystemExit(3)"])
     rc = c.wait(10 + SLACK)
     assert rc == 3
-    assert exit_code_for(rc) == 3
+    assert child_exit_code(rc) == 3
     assert c.poll() == 3  # stays reaped
 
 
@@ -227,7 +227,7 @@ def test_exit_code_of_a_child_killed_by_a_signal(tracker: Tracker) -> None:
     c = tracker.child([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
     rc = c.wait(10 + SLACK)
     assert rc == -signal.SIGKILL
-    assert exit_code_for(rc) == 137
+    assert child_exit_code(rc) == 137
 
 
 def test_nonexistent_command_is_127(tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_terminate_group_child_exiting_on_sigterm_returns_promptly(
     rc = c.terminate_group(kill_after=10.0)
     elapsed = time.monotonic() - start
     assert rc == -signal.SIGTERM
-    assert exit_code_for(rc) == 143
+    assert child_exit_code(rc) == 143
     assert elapsed < SLACK, f"took {elapsed:.2f}s although the child exits on SIGTERM"
     assert c.pid in term_times(out)
     assert proc_dead(c.pid)
@@ -345,7 +345,7 @@ def test_terminate_group_sigkills_a_child_ignoring_sigterm_after_kill_after(
     rc = c.terminate_group(kill_after=KILL_AFTER)
     elapsed = time.monotonic() - start
     assert rc == -signal.SIGKILL
-    assert exit_code_for(rc) == 137
+    assert child_exit_code(rc) == 137
     assert c.pid in term_times(out)  # it did get the SIGTERM first
     assert KILL_AFTER <= elapsed < KILL_AFTER + SLACK
     assert proc_dead(c.pid)

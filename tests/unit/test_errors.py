@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from conch import errors
 from conch.errors import (
     ConchError,
-    LeaseLost,
-    NotAcquired,
     Unavailable,
     UsageError,
     child_exit_code,
@@ -56,7 +54,7 @@ def test_exit_code_constants_match_spec() -> None:
 
 @pytest.mark.parametrize(
     ("cls", "code"),
-    [(ConchError, 1), (UsageError, 2), (Unavailable, 69), (LeaseLost, 70), (NotAcquired, 75)],
+    [(ConchError, 1), (UsageError, 2), (Unavailable, 69)],
 )
 def test_exceptions_carry_exit_codes(cls: type[ConchError], code: int) -> None:
     e = cls("something went wrong")
@@ -76,5 +74,5 @@ def test_exit_code_override_is_per_instance() -> None:
 
 def test_raise_and_catch_as_conch_error() -> None:
     with pytest.raises(ConchError) as info:
-        raise NotAcquired("not acquired")
-    assert info.value.exit_code == 75
+        raise Unavailable("etcd is gone")
+    assert info.value.exit_code == 69
