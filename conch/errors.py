@@ -25,12 +25,6 @@ class UsageError(ConchError):
     exit_code = EXIT_USAGE
 
 
-class Unavailable(ConchError):
-    """etcd could not be reached (or refused our credentials)."""
-
-    exit_code = EXIT_UNAVAILABLE
-
-
 def child_exit_code(returncode: int) -> int:
     """Map a subprocess returncode to conch's exit code: the child's own code, or 128+S when
     the child was killed by signal S (Popen reports that as -S)."""

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 CONCH = [sys.executable, "-m", "conch"]
-Completed = subprocess.CompletedProcess[str]
 
 
 class StepFailed(Exception):

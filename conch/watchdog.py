@@ -230,18 +230,11 @@ def wait_group_gone(pgid: int, timeout: float) -> bool:
     return True
 
 
-def kill_group(pgid: int, kill_after: float) -> None:
-    """SIGTERM (+SIGCONT) the group, wait up to `kill_after` for it to empty, then SIGKILL.
-
-    SIGKILL is sent whenever the group still exists, even if the /proc scan already calls it
-    dead: harmless to zombies, and robust if the scan is ever wrong.
-    """
-    kill_groups({pgid: kill_after})
-
-
 def kill_groups(groups: dict[int, float]) -> None:
-    """kill_group for many groups at once ({pgid: kill_after}): all get SIGTERM (+SIGCONT)
-    together, each gets SIGKILL when it is gone or its own kill_after has passed."""
+    """SIGTERM (+SIGCONT) every group ({pgid: kill_after}) together; SIGKILL each when it is
+    gone or its own kill_after has passed. SIGKILL is sent whenever the group still exists,
+    even if the /proc scan already calls it dead: harmless to zombies, and robust if the scan is
+    ever wrong."""
     for pgid in groups:
         signal_group(pgid, signal.SIGTERM)
         signal_group(pgid, signal.SIGCONT)

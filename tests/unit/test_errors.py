@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from conch import errors
 from conch.errors import (
     ConchError,
-    Unavailable,
     UsageError,
     child_exit_code,
     signal_exit_code,
@@ -54,7 +53,7 @@ def test_exit_code_constants_match_spec() -> None:
 
 @pytest.mark.parametrize(
     ("cls", "code"),
-    [(ConchError, 1), (UsageError, 2), (Unavailable, 69)],
+    [(ConchError, 1), (UsageError, 2)],
 )
 def test_exceptions_carry_exit_codes(cls: type[ConchError], code: int) -> None:
     e = cls("something went wrong")
@@ -74,5 +73,5 @@ def test_exit_code_override_is_per_instance() -> None:
 
 def test_raise_and_catch_as_conch_error() -> None:
     with pytest.raises(ConchError) as info:
-        raise Unavailable("etcd is gone")
-    assert info.value.exit_code == 69
+        raise UsageError("bad input")
+    assert info.value.exit_code == 2
