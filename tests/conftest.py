@@ -25,26 +25,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     _add_invariant_options(parser)
 
 
-@pytest.fixture
-def own_etcd() -> Iterator[LocalCluster]:
-    """A single-node etcd of this test's own, free to be stopped, restarted or reconfigured."""
+def _single_node() -> Iterator[LocalCluster]:
     cluster = LocalCluster(nodes=1)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[LocalCluster]:
+    """A single-node etcd of this test's own, free to be stopped, restarted or reconfigured."""
+    yield from _single_node()
 
 
 @pytest.fixture(scope="session")
 def etcd() -> Iterator[LocalCluster]:
     """A single-node etcd started from the binary on PATH, torn down after the session."""
-    cluster = LocalCluster(nodes=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _single_node()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from procs import stop_gracefully
 
 from conch.client import (
     Client,
@@ -568,12 +569,7 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         _etcdctl(url, *tls, "auth", "enable")
         yield {"url": url, **{k: str(v) for k, v in files.items()}}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gracefully([proc], grace=10)
         log.close()
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 from conftest import pid_gone, wait_for
+from procs import stop_gracefully
 
 from conch.durations import parse_duration
 from conch.localetcd import LocalCluster, find_binary, free_port, port_available
@@ -561,12 +562,7 @@ def tls_etcd(tmp_path: Path) -> Iterator[dict[str, str]]:
         wait_for(healthy, timeout=30, interval=0.2, what="the TLS etcd")
         yield {"url": url, **files}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gracefully([proc], grace=10)
 
 
 def test_the_rbac_block_over_tls_with_the_users_client_certificate(
